@@ -1,0 +1,5 @@
+import sys
+
+from ecgflowcmr.cli import main
+
+sys.exit(main())

@@ -1,0 +1,186 @@
+"""The command line: each subcommand parses its arguments and calls one typed function. No logic here.
+
+User errors (:class:`~ecgflowcmr.errors.InputError`) print one line and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ecgflowcmr.errors import InputError
+
+
+def _cmd_phantom(args: argparse.Namespace) -> None:
+    from ecgflowcmr.data.phantom import make_cohort
+
+    manifest = make_cohort(args.out, n=args.n, seed=args.seed, config=args.config, workers=args.workers)
+    print(f"wrote {manifest}")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> None:
+    from ecgflowcmr.data.inspect import format_report, inspect_file
+
+    report = inspect_file(args.file)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from ecgflowcmr.data.store import prepare
+
+    summary = prepare(args.manifest, args.out, workers=args.workers)
+    print(summary)
+
+
+def _cmd_show(args: argparse.Namespace) -> None:
+    from ecgflowcmr.viz import show
+
+    out = show(args.files, args.out, ecg=args.ecg, fps=args.fps, labels=args.labels)
+    print(f"wrote {out}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from ecgflowcmr.training.tasks import train
+
+    run = train(
+        args.stage,
+        data=args.data,
+        out=args.out,
+        config=args.config,
+        sets=args.set,
+        resume=args.resume,
+        pamae=getattr(args, "pamae", None),
+        vae=getattr(args, "vae", None),
+    )
+    print(f"run folder: {run}")
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from ecgflowcmr.generate import generate
+
+    summary = generate(
+        args.model,
+        args.ecg,
+        args.out,
+        formats=args.format.split(","),
+        batch_size=args.batch_size,
+        steps=args.steps,
+        seed=args.seed,
+        guidance=args.guidance,
+        sampler=args.sampler,
+    )
+    print(summary)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from ecgflowcmr.demo import run_demo
+
+    report = run_demo(args.out, n=args.n, quick=args.quick)
+    print(f"report: {report}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ecgflowcmr",
+        description="Turn 12-lead ECGs into cine cardiac MRI (ECGFlowCMR), with a paired ECG-CMR phantom.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("phantom", help="simulate a paired ECG-cine cohort (WFDB + NIfTI + manifest.csv)",
+                       description="Simulate a paired ECG-cine CMR cohort (DESIGN.md §6). Writes WFDB ECGs, "
+                       "NIfTI cines and label masks, and manifest.csv. Same seed, same bytes.")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    p.add_argument("--n", type=int, required=True, help="number of subjects")
+    p.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
+    p.add_argument("--config", type=Path, default=None, help="YAML overriding the simulator's parameters")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    p.set_defaults(func=_cmd_phantom)
+
+    p = sub.add_parser("inspect", help="describe an ECG or cine file and its quality flags",
+                       description="Read an ECG or cine file in any supported format and describe it: "
+                       "format, leads, rate, duration, heart rate, R-peaks and quality flags for an ECG; "
+                       "frames, size, spacing, frame interval and orientation for a cine.")
+    p.add_argument("file", type=Path, help="ECG (WFDB, UKB XML, MUSE XML, DICOM, .npy) or cine (NIfTI, "
+                   "DICOM folder, UKB zip, .npy)")
+    p.add_argument("--json", action="store_true", help="print JSON (keys documented in the README)")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("prepare", help="preprocess a manifest into a memory-mapped training store",
+                       description="Read every file a manifest names, canonicalise it, and write the "
+                       "fixed-shape training store. Resumable; bad items go to skipped.csv.")
+    p.add_argument("--manifest", type=Path, required=True, help="manifest.csv (DESIGN.md §4)")
+    p.add_argument("--out", type=Path, required=True, help="store folder (visible only when complete)")
+    p.add_argument("--workers", type=int, default=1, help="parallel reader processes (default 1)")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("show", help="render cines (MP4/GIF, ECG beneath) or an ECG (PNG)",
+                       description="Render one or more cines side by side as MP4 or GIF, with the 12-lead "
+                       "ECG beneath and a cursor at the frame time; a single ECG renders as PNG.")
+    p.add_argument("files", type=Path, nargs="+", help="cine and/or ECG files")
+    p.add_argument("--out", type=Path, required=True, help="output .mp4, .gif or .png")
+    p.add_argument("--ecg", type=Path, default=None, help="ECG to draw beneath the cines")
+    p.add_argument("--fps", type=float, default=25.0, help="frames per second (default 25)")
+    p.add_argument("--labels", type=str, nargs="*", default=None, help="a title per cine")
+    p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("train", help="train a stage: pamae, vae or flow",
+                       description="Train one stage with the shared engine (CPU, GPU or torchrun DDP).")
+    stages = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for stage, text in (("pamae", "phase-aware masked autoencoder on ECGs"),
+                        ("vae", "3D video VAE on cines, then the anatomical template"),
+                        ("flow", "AMDF DiT flow on ECG-cine pairs (needs --pamae and --vae runs)")):
+        s = stages.add_parser(stage, help=text, description=f"Train the {text}.")
+        s.add_argument("--data", type=Path, required=True, help="store folder from `ecgflowcmr prepare`")
+        s.add_argument("--out", type=Path, required=True, help="run folder")
+        s.add_argument("--config", type=str, default="tiny", help="preset name (tiny, paper) or YAML path")
+        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set train.lr=1e-4 (repeatable)")
+        s.add_argument("--resume", nargs="?", const="latest", default=None,
+                       help="resume from the latest complete checkpoint, or from a given checkpoint path")
+        if stage == "flow":
+            s.add_argument("--pamae", type=Path, required=True, help="trained PA-MAE run folder")
+            s.add_argument("--vae", type=Path, required=True, help="trained VAE run folder")
+        s.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("generate", help="generate cine CMR from ECG file(s) with a trained bundle",
+                       description="Generate cines from one ECG file or a manifest of ECGs. Resumable, "
+                       "sharded outputs, failed items in failed.csv; under torchrun each rank takes a share.")
+    p.add_argument("--model", type=Path, required=True, help="bundle folder (a trained flow run)")
+    p.add_argument("--ecg", type=Path, required=True, help="an ECG file or a manifest.csv")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--format", type=str, default="nii", help="comma list of nii, mp4, gif, npy (default nii)")
+    p.add_argument("--batch-size", type=int, default=8, help="ECGs per batch (default 8)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the bundle's)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--sampler", choices=("euler", "heun"), default=None, help="ODE solver")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the phantom at tiny size (make demo)",
+                       description="phantom → prepare → train PA-MAE, VAE, flow (tiny) → generate the test "
+                       "split → report.html and metrics.json.")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder (default runs/demo)")
+    p.add_argument("--n", type=int, default=None, help="cohort size (default: the demo's)")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (for tests)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
