@@ -1,0 +1,224 @@
+"""The public inference API: ``load_pipeline(bundle)`` → ``.generate(ecg)`` and ``.ecg_phase(ecg)``.
+
+A bundle (DESIGN.md §4) is a folder::
+
+    bundle.json                 format, versions, preprocessing, sampling defaults, output geometry
+    pamae/  vae/  flow/         each model.safetensors + config.json
+    template.safetensors        the anatomical template (C, 50, 12, 12), scaled latent units
+
+Loading never unpickles; every weight key is checked; a partial or mismatched bundle fails with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ecgflowcmr import __version__
+from ecgflowcmr.atomic import atomic_dir
+from ecgflowcmr.errors import InputError
+
+BUNDLE_FORMAT = "ecgflowcmr-bundle"
+BUNDLE_VERSION = 1
+STAGE_FOLDERS = ("pamae", "vae", "flow")
+
+
+def write_bundle(out: str | Path, *, pamae_run: Path, vae_run: Path, flow_run: Path, sampling: dict[str, Any],
+                 geometry: dict[str, Any] | None = None) -> Path:
+    """Assemble a bundle from three trained run folders (each holding model.safetensors + config.json)."""
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        for name, run in (("pamae", pamae_run), ("vae", vae_run), ("flow", flow_run)):
+            run = Path(run)
+            (tmp / name).mkdir()
+            for fname in ("model.safetensors", "config.json"):
+                if not (run / fname).exists():
+                    raise InputError(run, f"is not a trained {name} run: {fname} missing")
+                shutil.copy2(run / fname, tmp / name / fname)
+        if not (Path(vae_run) / "template.safetensors").exists():
+            raise InputError(vae_run, "has no template.safetensors (the VAE stage writes it after training)")
+        shutil.copy2(Path(vae_run) / "template.safetensors", tmp / "template.safetensors")
+        meta = {
+            "format": BUNDLE_FORMAT,
+            "version": BUNDLE_VERSION,
+            "ecgflowcmr": __version__,
+            "torch": torch.__version__,
+            "stages": {name: name for name in STAGE_FOLDERS},
+            "preprocessing": {
+                "ecg": "read_ecg: 12 leads I II III aVR aVL aVF V1-V6, mV, resampled to 500 Hz, "
+                       "cropped/padded to 10 s",
+                "cine": "read_cine: 50 frames over one R-R interval from the R-peak, heart crop, "
+                        "96×96, per-sample percentile normalisation to [-1, 1]",
+            },
+            "sampling": sampling,
+            "geometry": geometry or {"spacing_mm": [2.0, 2.0]},
+        }
+        (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def find_bundle(path: str | Path) -> Path:
+    """``path`` itself when it is a bundle, else ``path/bundle`` (a flow run folder)."""
+    path = Path(path)
+    for candidate in (path, path / "bundle"):
+        if (candidate / "bundle.json").exists():
+            return candidate
+    raise InputError(path, "not a bundle: no bundle.json (train the flow stage, which writes RUN/bundle/)")
+
+
+@dataclass
+class Timings:
+    """Seconds spent per part of generation (accumulated over calls)."""
+
+    read: float = 0.0
+    encode_ecg: float = 0.0
+    sample: float = 0.0
+    decode: float = 0.0
+    videos: int = 0
+    network_passes: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Pipeline:
+    """ECG → cine generator: PA-MAE (aligned tokens) → DiT flow from the noisy template → VAE decode."""
+
+    def __init__(self, bundle: Path, pamae: torch.nn.Module, vae: torch.nn.Module, flow: torch.nn.Module,
+                 meta: dict[str, Any], device: torch.device):
+        self.bundle = bundle
+        self.pamae, self.vae, self.flow = pamae, vae, flow
+        self.meta = meta
+        self.device = device
+        self.sampling = dict(meta.get("sampling", {}))
+        self.timings = Timings()
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def _ecg_batch(self, ecg: Any) -> tuple[torch.Tensor, bool]:
+        """Path, canonical ECG, array (12, 5000) or (B, 12, 5000) → float32 tensor (B, 12, 5000)."""
+        from ecgflowcmr.data.ecg import CanonicalECG, read_ecg
+
+        start = time.perf_counter()
+        single = True
+        if isinstance(ecg, str | Path):
+            array = read_ecg(ecg).signal[None]
+        elif isinstance(ecg, CanonicalECG):
+            array = ecg.signal[None]
+        else:
+            array = np.asarray(ecg.detach().cpu() if isinstance(ecg, torch.Tensor) else ecg, dtype=np.float32)
+            if array.ndim == 3:
+                single = False
+            elif array.ndim == 2:
+                array = array[None]
+            if array.shape[1:] != (12, 5000):
+                raise InputError("ecg", f"expected a canonical ECG (12, 5000) or a batch (B, 12, 5000), got {array.shape}")
+        self.timings.read += time.perf_counter() - start
+        return torch.as_tensor(array, dtype=torch.float32, device=self.device), single
+
+    # ---- public API --------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_ecg(self, ecg: Any):
+        """PA-MAE aligned condition: ``AlignedECG`` with tokens (B, 50, D), phase, source, valid."""
+        x, _ = self._ecg_batch(ecg)
+        start = time.perf_counter()
+        aligned = self.pamae.encode_aligned(x)
+        self.timings.encode_ecg += time.perf_counter() - start
+        return aligned
+
+    @torch.no_grad()
+    def ecg_phase(self, ecg: Any) -> np.ndarray:
+        """Predicted cardiac phase per ECG sample, radians in [0, 2π): (5000,) or (B, 5000)."""
+        x, single = self._ecg_batch(ecg)
+        aligned = self.pamae.encode_aligned(x)
+        token_phase = aligned.phase.float()  # (B, 625)
+        # unwrap, upsample 8× to samples by linear interpolation, wrap back
+        unwrapped = torch.from_numpy(np.unwrap(token_phase.cpu().numpy(), axis=-1))
+        n_tokens = unwrapped.shape[-1]
+        centres = torch.arange(n_tokens, dtype=torch.float32) * 8 + 3.5
+        samples = torch.arange(5000, dtype=torch.float32)
+        phase = np.stack([np.interp(samples.numpy(), centres.numpy(), u.numpy()) for u in unwrapped])
+        phase = np.mod(phase, 2 * np.pi).astype(np.float32)
+        return phase[0] if single else phase
+
+    @torch.no_grad()
+    def generate(self, ecg: Any, steps: int | None = None, seed: int = 0, guidance: float | None = None,
+                 method: str | None = None) -> np.ndarray:
+        """Cine(s) for an ECG: float32 (50, 96, 96) in [0, 1], or (B, 50, 96, 96) for a batch.
+
+        ``ecg``: a file path (any supported format), a ``CanonicalECG``, or an array (12, 5000) /
+        (B, 12, 5000) in mV. Raises InputError when an ECG yields no usable cardiac cycle.
+        """
+        x, single = self._ecg_batch(ecg)
+        frames, valid = self.generate_batch(x, steps=steps, seed=seed, guidance=guidance, method=method)
+        if not valid.all():
+            bad = np.flatnonzero(~valid).tolist()
+            raise InputError("ecg", f"no usable cardiac cycle in item(s) {bad} (NaN, flat or no R-peaks)")
+        return frames[0] if single else frames
+
+    @torch.no_grad()
+    def generate_batch(self, x: torch.Tensor, steps: int | None = None, seed: int = 0,
+                       guidance: float | None = None, method: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 12, 5000) mV → (frames (B, 50, 96, 96) in [0, 1], valid (B,) bool); invalid items are NaN."""
+        from ecgflowcmr.flow.sampler import sample
+
+        x = x.to(self.device, torch.float32)
+        aligned = self.encode_ecg(x)
+        valid = aligned.valid.bool().cpu().numpy()
+        frames = np.full((x.shape[0], 50, 96, 96), np.nan, dtype=np.float32)
+        if not valid.any():
+            return frames, valid
+        keep = torch.from_numpy(np.flatnonzero(valid)).to(self.device)
+        cond = aligned.tokens.index_select(0, keep)
+        steps = int(steps or self.sampling.get("steps", 10))
+        method = method or self.sampling.get("method", "euler")
+        guidance = self.sampling.get("guidance") if guidance is None else guidance
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        start = time.perf_counter()
+        z1 = sample(self.flow, cond, steps=steps, method=method, guidance=guidance, generator=generator)
+        self.timings.sample += time.perf_counter() - start
+        start = time.perf_counter()
+        video = self.vae.decode_latent(z1)  # (b, 1, 50, 96, 96) in [-1, 1]
+        self.timings.decode += time.perf_counter() - start
+        self.timings.videos += int(valid.sum())
+        frames[valid] = ((video[:, 0].float().clamp(-1, 1) + 1) / 2).cpu().numpy()
+        return frames, valid
+
+
+def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
+    """Load a bundle (or a flow run folder holding ``bundle/``); checks that every part is there and fits."""
+    from ecgflowcmr.training.stages import flow as flow_stage
+    from ecgflowcmr.training.stages import pamae as pamae_stage
+    from ecgflowcmr.training.stages import vae as vae_stage
+
+    bundle = find_bundle(path)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    if meta.get("format") != BUNDLE_FORMAT or meta.get("version") != BUNDLE_VERSION:
+        raise InputError(bundle / "bundle.json", f"not a version-{BUNDLE_VERSION} {BUNDLE_FORMAT}")
+    for name in STAGE_FOLDERS:
+        for fname in ("model.safetensors", "config.json"):
+            if not (bundle / name / fname).exists():
+                raise InputError(bundle, f"partial bundle: {name}/{fname} missing")
+    if not (bundle / "template.safetensors").exists():
+        raise InputError(bundle, "partial bundle: template.safetensors missing")
+    device = torch.device(device)
+    pamae = pamae_stage.load(bundle / "pamae", device=device)
+    vae = vae_stage.load(bundle / "vae", device=device)
+    flow = flow_stage.load(bundle / "flow", device=device)
+    check_compatible(bundle, pamae, vae, flow)
+    return Pipeline(bundle, pamae, vae, flow, meta, device)
+
+
+def check_compatible(bundle: Path, pamae: torch.nn.Module, vae: torch.nn.Module, flow: torch.nn.Module) -> None:
+    """The three networks must agree on the ECG token width and the latent shape."""
+    from safetensors.torch import load_file
+
+    template = load_file(str(bundle / "template.safetensors"))["template"]
+    flow_template = getattr(flow, "template", None)
+    if flow_template is not None and tuple(flow_template.shape) != tuple(template.shape):
+        raise InputError(bundle, f"mismatched bundle: template {tuple(template.shape)} vs flow's "
+                                 f"{tuple(flow_template.shape)}")
