@@ -96,8 +96,25 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}", f"unknown key (known: {', '.join(sorted(fields))})")
-    kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
+    kwargs = {}
+    for name, value in data.items():
+        default = _dataclass_default(fields[name])
+        if isinstance(value, dict) and default is not None:
+            # a partial mapping updates the field's own default (e.g. a stage's train defaults), not the
+            # defaults of the field's class
+            value = merge(to_dict(default), value)
+        kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}")
     return cls(**kwargs)
+
+
+def _dataclass_default(field: dataclasses.Field) -> Any:
+    """The field's default value if it is a dataclass instance, else None."""
+    if field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        default = field.default
+    is_instance = dataclasses.is_dataclass(default) and not isinstance(default, type)
+    return default if is_instance else None
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,173 @@
+"""Exported weights (safetensors + JSON) and resumable training state (``checkpoints/step-N/``).
+
+Two kinds of files, kept apart on purpose:
+
+* **Weights** — ``model.safetensors`` + ``config.json`` in a run folder: what later stages and the pipeline
+  load. Loading never unpickles, checks every key and shape, and names what is missing or unexpected.
+* **Training state** — ``checkpoints/step-N/state.pt`` (+ ``config.yaml``): model, EMA, optimizer, step
+  (the learning-rate schedule is a pure function of it), data position (epoch, batch), per-rank RNG
+  states, best validation loss, training time and the resolved config, written with ``torch.save`` and
+  read back with ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, dicts only).
+
+Every folder and file appears whole or not at all (``ecgflowcmr.atomic``): a checkpoint folder is written
+under a hidden temporary name and renamed when complete, so ``latest_checkpoint`` never sees a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ecgflowcmr.atomic import atomic_dir, atomic_file, write_text_atomic
+from ecgflowcmr.errors import InputError
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.pt"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+# --------------------------------------------------------------------------------------------------
+# Exported weights
+# --------------------------------------------------------------------------------------------------
+
+
+def save_weights(module: nn.Module, folder: str | Path, config: dict[str, Any]) -> Path:
+    """Write ``folder/model.safetensors`` (the module's state dict, fp32 as trained) and ``folder/config.json``.
+
+    Tensors are copied to CPU, made contiguous and un-shared (safetensors refuses tied storage; a tied
+    weight is stored under each of its names). Returns the weights path.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in module.state_dict().items()}
+    write_text_atomic(folder / CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
+    with atomic_file(folder / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    return folder / WEIGHTS_FILE
+
+
+def load_weights(module: nn.Module, folder: str | Path) -> nn.Module:
+    """Load ``folder/model.safetensors`` into ``module`` (in place; returned).
+
+    Every key and shape is checked first: missing keys, unexpected keys and shape mismatches raise
+    :class:`InputError` naming the file and the offending keys, and nothing is loaded.
+    """
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise InputError(path, "weights file not found (is this a finished run folder?)")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise InputError(path, f"not a readable safetensors file ({err})") from None
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    mismatched = [f"{k} (file {tuple(tensors[k].shape)}, model {tuple(expected[k].shape)})"
+                  for k in sorted(set(expected) & set(tensors)) if tensors[k].shape != expected[k].shape]
+    problems = [f"{label}: {_some(keys)}" for label, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched))
+                if keys]
+    if problems:
+        raise InputError(path, "does not fit the model; " + "; ".join(problems))
+    module.load_state_dict(tensors, strict=True)
+    return module
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """The model configuration saved beside the weights (``folder/config.json``) as a dict."""
+    path = Path(folder) / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "config file not found (is this a finished run folder?)") from None
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "expected a JSON object")
+    return data
+
+
+def _some(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown if len(keys) <= limit else f"{shown}, … ({len(keys)} in all)"
+
+
+# --------------------------------------------------------------------------------------------------
+# Training state
+# --------------------------------------------------------------------------------------------------
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def write_checkpoint(folder: str | Path, state: dict[str, Any], config_yaml: str = "") -> Path:
+    """Write ``state`` (torch.save) and the resolved config into ``folder``, atomically (replacing it)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(folder) as tmp:
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / "config.yaml").write_text(config_yaml)
+    return folder
+
+
+def step_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete ``checkpoints/step-N`` folders as (N, path), oldest first (temporary folders are hidden)."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The complete step checkpoint with the highest step, or None."""
+    found = step_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
+    """Delete all but the ``keep_last`` most recent step checkpoints (``best/`` is never touched)."""
+    for _, path in step_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve_resume(run_dir: str | Path, resume: str | Path) -> Path:
+    """``"latest"`` → the latest complete checkpoint of ``run_dir``; else a checkpoint folder, its
+    ``state.pt``, or another run folder (its latest checkpoint). Raises InputError if there is none."""
+    if str(resume) == "latest":
+        found = latest_checkpoint(run_dir)
+        if found is None:
+            raise InputError(checkpoint_dir(run_dir), "no complete checkpoint to resume from "
+                             "(run without --resume to start fresh)")
+        return found
+    path = Path(resume)
+    if path.is_file() and path.name == STATE_FILE:
+        return path.parent
+    if (path / STATE_FILE).is_file():
+        return path
+    if path.is_dir() and (found := latest_checkpoint(path)) is not None:
+        return found
+    raise InputError(path, f"not a checkpoint folder (expected {STATE_FILE} inside, or a run folder "
+                     "with checkpoints/step-N)")
+
+
+def load_checkpoint(folder: str | Path) -> dict[str, Any]:
+    """The training state saved by :func:`write_checkpoint` (CPU tensors; never unpickles code)."""
+    path = Path(folder) / STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(path, "checkpoint not found") from None
+    except Exception as err:  # torch raises several types for corrupt or foreign files
+        raise InputError(path, f"not a readable training checkpoint ({type(err).__name__}: {err})") from None
