@@ -41,15 +41,37 @@ def sniff(path: str | Path) -> str:
     with open(path, "rb") as fh:
         head = fh.read(4096)
     if name.endswith(".dcm") or head[128:132] == b"DICM":
-        return "dicom_ecg"
-    if name.endswith(".xml") or head.lstrip().startswith(b"<"):
-        text = head.decode("latin-1")
+        return _sniff_dicom(path)
+    text = _xml_head(head)
+    if name.endswith(".xml") or text.lstrip().startswith("<"):
         if "<CardiologyXML" in text:
             return "ukb_xml"
         if "<RestingECG" in text:
             return "muse_xml"
         raise InputError(path, "XML is neither UK Biobank CardioSoft (CardiologyXML) nor GE MUSE (RestingECG)")
     raise InputError(path, "unrecognised format (expected WFDB, XML, DICOM, NIfTI, zip or .npy/.npz)")
+
+
+def _xml_head(head: bytes) -> str:
+    """The first bytes as text: UTF-16 when a byte-order mark says so (some MUSE exports), else Latin-1."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return head.decode("utf-16", errors="ignore")
+    return head.removeprefix(b"\xef\xbb\xbf").decode("latin-1")
+
+
+def _sniff_dicom(path: Path) -> str:
+    """A DICOM file is an ECG when it holds a WaveformSequence; an image file alone is refused."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as err:
+        raise InputError(path, f"unreadable DICOM ({type(err).__name__}: {err})") from None
+    if "WaveformSequence" in ds:
+        return "dicom_ecg"
+    what = f"a DICOM {ds.get('Modality', '')} image".replace("  ", " ")
+    raise InputError(path, f"{what} without a WaveformSequence, not an ECG; for a cine pass its series folder")
 
 
 def _sniff_numpy(path: Path) -> str:
