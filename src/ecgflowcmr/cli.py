@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ecgflowcmr inspect --json | head`
+        sys.stderr.close()
+        return 0
     return 0
 
 

@@ -70,7 +70,7 @@ def prepare_item(manifest: Manifest, row: dict[str, str], position: int, paired:
     """Read, canonicalise and label one row. User-data problems become ``error``, never an exception."""
     from ecgflowcmr.data.cmr import read_cine
     from ecgflowcmr.data.ecg import read_ecg
-    from ecgflowcmr.data.phase import phase_labels
+    from ecgflowcmr.data.phase import phase_from_rpeaks
 
     item = PreparedItem(position)
     try:
@@ -78,7 +78,8 @@ def prepare_item(manifest: Manifest, row: dict[str, str], position: int, paired:
         if ecg_path is None:
             raise InputError(f"{manifest.path} (subject {row['subject_id']})", "empty ecg_path")
         ecg = read_ecg(ecg_path)
-        phase, rpeaks = phase_labels(ecg.signal)
+        rpeaks = ecg.rpeaks  # found by read_ecg on the record's real (unpadded) part
+        phase = phase_from_rpeaks(rpeaks)
         if len(rpeaks) < 2:
             raise InputError(ecg_path, "fewer than two R-peaks detected on lead II: no cardiac cycle")
         item.ecg = ecg.signal.astype(np.float16)
@@ -207,7 +208,7 @@ def prepare(manifest_path: str | Path, out: str | Path, workers: int = 1) -> Pre
                 skipped.append((row["subject_id"], split, record["error"]))
             else:
                 notes = record["notes"]
-                handled += bool(notes.get("ecg_flags") or notes.get("cine_flags"))
+                handled += _was_adjusted(notes)
                 keep.append((i, {**row, **notes}))
         _finish_split(partial / split, keep, split in PAIRED_SPLITS)
         counts[split] = len(keep)
@@ -233,6 +234,12 @@ def prepare(manifest_path: str | Path, out: str | Path, workers: int = 1) -> Pre
     seconds = time.perf_counter() - start
     n_items = sum(len(r) for r in per_split.values())
     return PrepareSummary(out, counts, skipped, handled, seconds, n_items / max(seconds, 1e-9))
+
+
+def _was_adjusted(notes: dict[str, str]) -> bool:
+    """Whether reading changed more than the routine heart crop (resampled, padded, filled, derived …)."""
+    flags = [f for key in ("ecg_flags", "cine_flags") for f in notes.get(key, "").split("; ") if f]
+    return any(not f.startswith("crop") for f in flags)
 
 
 def _read_progress(log_path: Path) -> dict[str, dict[str, Any]]:
