@@ -370,3 +370,16 @@ def test_npy_cine(tmp_path):
     np.save(tmp_path / "ecg.npy", np.zeros((12, 5000), np.float32))
     with pytest.raises(InputError, match="ECG"):
         read_cine(tmp_path / "ecg.npy")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_write_nifti_gz_content_equals_nibabel(tmp_path: Path, dtype) -> None:
+    """The direct .nii.gz writer holds nibabel's exact NIfTI bytes, in a timestamp-free gzip."""
+    import gzip
+
+    frames = (np.random.default_rng(0).random((50, 40, 32)) * 200).astype(dtype)
+    write_nifti_cine(tmp_path / "ours.nii.gz", frames, (1.5, 1.7), 0.021, slice_thickness_mm=6.0)
+    write_nifti_cine(tmp_path / "ref.nii", frames, (1.5, 1.7), 0.021, slice_thickness_mm=6.0)  # nib.save
+    ours = (tmp_path / "ours.nii.gz").read_bytes()
+    assert gzip.decompress(ours) == (tmp_path / "ref.nii").read_bytes()
+    assert ours[4:8] == b"\0\0\0\0" and not ours[3] & 0x08  # no mtime, no file name

@@ -509,3 +509,19 @@ def test_inspect_report(tmp_path, clean):
     json.dumps(report)
     assert not report["readable"] and "flat lead(s) V5" in report["error"]
     assert any("flat lead(s) V5" in f for f in report["quality"])
+
+
+def test_write_wfdb_bytes_equal_wfdb_wrsamp(tmp_path: Path) -> None:
+    """Our direct writer produces exactly the files wfdb's own writer produces."""
+    import wfdb
+
+    rng = np.random.default_rng(3)
+    signal = rng.normal(0, 0.5, size=(12, N_SAMPLES))
+    signal[0, :3] = [0.0005, -0.0005, 0.0015]  # rounding halves the same way
+    write_wfdb(tmp_path / "ours", signal)
+    digital = np.round(signal.T * 1000.0).astype(np.int16).astype(np.int64)
+    (tmp_path / "ref").mkdir()
+    wfdb.wrsamp("ours", fs=FS, units=["mV"] * 12, sig_name=list(LEADS), d_signal=digital, fmt=["16"] * 12,
+                adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path / "ref"))
+    for ext in (".hea", ".dat"):
+        assert (tmp_path / f"ours{ext}").read_bytes() == (tmp_path / "ref" / f"ours{ext}").read_bytes()

@@ -32,6 +32,7 @@ import csv
 import io
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,16 +270,29 @@ def write_nifti_cine(
     """
     import nibabel as nib
 
-    frames = np.asarray(frames)
-    data = np.ascontiguousarray(frames.transpose(2, 1, 0)[:, :, None, :])  # (W, H, 1, T) = X×Y×1×T
+    frames = np.ascontiguousarray(frames)
+    data = frames.transpose(2, 1, 0)[:, :, None, :]  # (W, H, 1, T) = X×Y×1×T; Fortran order = frames' bytes
     if affine is None:
         affine = np.diag([spacing_mm[0], spacing_mm[1], slice_thickness_mm, 1.0])
     img = nib.Nifti1Image(data, affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.header.set_zooms((spacing_mm[0], spacing_mm[1], slice_thickness_mm, frame_interval_s))
+    header = img.header
+    header.set_xyzt_units("mm", "sec")
+    header.set_zooms((spacing_mm[0], spacing_mm[1], slice_thickness_mm, frame_interval_s))
     if description:
-        img.header["descrip"] = description.encode()[:80]
-    nib.save(img, str(path))
+        header["descrip"] = description.encode()[:80]
+    if not str(path).endswith(".gz"):
+        nib.save(img, str(path))
+        return
+    # .nii.gz written directly: the same NIfTI bytes nibabel writes, deflated with run-length matching
+    # (as small as level 1 on images, at half the time), a gzip header with no name and no time
+    # (deterministic bytes).
+    header.set_data_dtype(frames.dtype)
+    header.set_data_offset(352)
+    header["scl_slope"], header["scl_inter"] = 1.0, 0.0  # what nibabel writes for unscaled data
+    deflate = zlib.compressobj(6, zlib.DEFLATED, 31, 9, zlib.Z_RLE)  # wbits 31: gzip wrapper, mtime 0
+    body = deflate.compress(header.binaryblock + b"\0\0\0\0")
+    body += deflate.compress(memoryview(frames).cast("B")) + deflate.flush()
+    Path(path).write_bytes(body)
 
 
 # --------------------------------------------------------------------------- format readers
