@@ -1,0 +1,132 @@
+"""The AMDF flow-matching objective (paper §2.2, Eq. 4–7) around a DiT velocity network.
+
+    z0  = z_template + α·ε,  ε ~ N(0, I)         (Eq. 4, the noise-injected anatomical template)
+    z_t = (1 − t)·z0 + t·z1,  t ~ U(0, 1)        (Eq. 4)
+    v_true = z1 − z0                              (Eq. 5)
+    v̂ = v_θ(z_t, t, c)                            (Eq. 6)
+    L = E ‖v̂ − v_true‖²                           (Eq. 7, mean over elements)
+
+Latents z are (B, C, T=50, H'=12, W'=12) in the VAE's scaled units; the ECG condition c is (B, T, D_ecg)
+aligned PA-MAE tokens. ``FlowMatching`` holds the network, the template buffer (C, T, H', W') and the
+learned null condition used for classifier-free guidance; α and the sampling defaults live in its config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ecgflowcmr.errors import ConfigError
+from ecgflowcmr.models.dit import DiT, DiTConfig
+
+
+@dataclass
+class FlowConfig:
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    """The velocity network."""
+    alpha: float = 1.0
+    """α of Eq. 4: noise scale around the template; one value for training and sampling (paper: 1.0 best)."""
+    use_template: bool = True
+    """False = ablation 'no template': z0 = α·ε (pure noise)."""
+    time_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    """How t is drawn in training: U(0, 1) (paper), or sigmoid(N(logit_mean, logit_std²))."""
+    logit_mean: float = 0.0
+    """Mean of the logit-normal t distribution."""
+    logit_std: float = 1.0
+    """Standard deviation of the logit-normal t distribution."""
+    cond_dropout: float = 0.1
+    """Probability that a training item's ECG condition is replaced by the learned null token (enables
+    classifier-free guidance; 0 disables it and guidance is then refused)."""
+    sample_steps: int = 4
+    """Default number of integration steps from t = 0 to 1 (benchmarks/dit.py: speed vs steps)."""
+    sample_method: Literal["euler", "heun"] = "euler"
+    """Default integrator: 'euler' (Eq. 8, 1 pass per step) or 'heun' (2 passes per step)."""
+    sample_guidance: float | None = None
+    """Default classifier-free guidance weight w (v = v_u + w·(v_c − v_u)); None = conditional only."""
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0:
+            raise ConfigError("model.alpha", f"must be ≥ 0, got {self.alpha}")
+        if not self.use_template and self.alpha == 0:
+            raise ConfigError("model.alpha", "must be > 0 without a template (z0 would be all zeros)")
+        if self.logit_std <= 0:
+            raise ConfigError("model.logit_std", f"must be > 0, got {self.logit_std}")
+        if not 0 <= self.cond_dropout < 1:
+            raise ConfigError("model.cond_dropout", f"must be in [0, 1), got {self.cond_dropout}")
+        if self.sample_steps < 1:
+            raise ConfigError("model.sample_steps", f"must be ≥ 1, got {self.sample_steps}")
+        if self.sample_guidance is not None and self.cond_dropout == 0:
+            raise ConfigError("model.sample_guidance", "guidance needs cond_dropout > 0 (an unconditional model)")
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(C, T, H', W')."""
+        d = self.dit
+        return (d.latent_channels, d.frames, d.latent_size, d.latent_size)
+
+
+class FlowMatching(nn.Module):
+    """AMDF flow: ``forward(batch) -> (loss, parts)`` with batch {"z1": (B, C, T, H', W'), "cond": (B, T, D)}."""
+
+    def __init__(self, config: FlowConfig, template: Tensor | None = None):
+        super().__init__()
+        self.config = config
+        self.dit = DiT(config.dit)
+        if config.cond_dropout > 0:  # only then trained (and an unused parameter would trouble DDP)
+            self.null_cond = nn.Parameter(torch.randn(config.dit.frames, config.dit.cond_dim) * 0.02)  # (T, D_ecg)
+        if template is None:
+            template = torch.zeros(config.latent_shape)
+        elif not config.use_template:
+            raise ConfigError("model.use_template", "is false, yet a template was given")
+        elif tuple(template.shape) != config.latent_shape:
+            raise ConfigError("template", f"shape {tuple(template.shape)} is not {config.latent_shape}")
+        self.register_buffer("template", template.detach().float().clone())  # (C, T, H', W')
+
+    # -- the paper's pieces --------------------------------------------------------------------------
+
+    def initial_state(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
+        """Eq. 4: z0 = z_template + α·ε, (batch, C, T, H', W'); ε drawn from ``generator``."""
+        eps = torch.randn((batch, *self.template.shape), generator=generator, device=self.template.device)
+        return self.template + self.config.alpha * eps
+
+    def sample_time(self, batch: int) -> Tensor:
+        """t (batch,) in (0, 1): U(0, 1) or logit-normal, per the config."""
+        device = self.template.device
+        if self.config.time_sampling == "uniform":
+            return torch.rand(batch, device=device)
+        normal = torch.randn(batch, device=device)
+        return torch.sigmoid(self.config.logit_mean + self.config.logit_std * normal)
+
+    def null_condition(self, batch: int) -> Tensor:
+        """The learned 'no ECG' condition, (batch, T, D_ecg); only meaningful if trained with dropout."""
+        if self.config.cond_dropout == 0:
+            raise ConfigError("guidance", "this flow was trained without condition dropout (cond_dropout = 0)")
+        return self.null_cond.expand(batch, -1, -1)
+
+    def velocity(self, z_t: Tensor, t: Tensor, c: Tensor) -> Tensor:
+        """Eq. 6: v̂ = v_θ(z_t, t, c); z_t (B, C, T, H', W'), t (B,), c (B, T, D_ecg)."""
+        return self.dit(z_t, t, c)
+
+    def loss(self, z1: Tensor, c: Tensor, t: Tensor, eps: Tensor, drop: Tensor | None = None) -> tuple[Tensor, dict]:
+        """Eq. 4–7 for given t (B,), ε (B, C, T, H', W') and condition-dropout mask drop (B,) bool."""
+        z0 = self.template + self.config.alpha * eps  # (B, C, T, H', W')  Eq. 4
+        tt = t[:, None, None, None, None]
+        z_t = (1 - tt) * z0 + tt * z1  # (B, C, T, H', W')  Eq. 4
+        if drop is not None:
+            c = torch.where(drop[:, None, None], self.null_condition(c.shape[0]), c)  # (B, T, D_ecg)
+        v = self.velocity(z_t, t, c)  # (B, C, T, H', W')  Eq. 6
+        loss = F.mse_loss(v, z1 - z0)  # Eq. 5, 7
+        return loss, {"mse": loss.detach()}
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        """Draw t, ε and the dropout mask, then Eq. 4–7. Returns (loss scalar, {"mse"})."""
+        z1, c = batch["z1"], batch["cond"]
+        b = z1.shape[0]
+        t = self.sample_time(b)
+        eps = torch.randn_like(z1)
+        drop = torch.rand(b, device=z1.device) < self.config.cond_dropout if self.config.cond_dropout > 0 else None
+        return self.loss(z1, c, t, eps, drop)

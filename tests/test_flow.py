@@ -1,0 +1,367 @@
+"""AMDF flow: the objective's closed form (Eq. 4–7), the samplers (Eq. 8, Heun, guidance), the flow stage."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from ecgflowcmr.errors import ConfigError, InputError
+from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
+from ecgflowcmr.flow.sampler import sample
+from ecgflowcmr.models.dit import DiTConfig
+
+SMALL = DiTConfig(latent_channels=2, frames=6, latent_size=4, cond_dim=8, width=32, depth=1, heads=2)
+SHAPE = (2, 6, 4, 4)
+
+
+def small_flow(seed: int = 0, **kw) -> FlowMatching:
+    torch.manual_seed(seed)
+    cfg = FlowConfig(dit=SMALL, **kw)
+    template = torch.randn(SHAPE) if cfg.use_template else None
+    flow = FlowMatching(cfg, template)
+    for name, p in flow.dit.named_parameters():  # leave the adaLN-Zero start: a non-trivial field
+        if "adaLN_modulation" in name or "final_layer.linear" in name:
+            nn.init.normal_(p, std=0.05)
+    return flow
+
+
+class Recorder(nn.Module):
+    """Stands in for the DiT: remembers its inputs and returns a fixed velocity."""
+
+    def __init__(self, v: Tensor):
+        super().__init__()
+        self.v = v
+
+    def forward(self, z_t: Tensor, t: Tensor, c: Tensor) -> Tensor:
+        self.seen = (z_t, t, c)
+        return self.v
+
+
+# --------------------------------------------------------------------------------------------------
+# Objective
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha,use_template", [(1.0, True), (0.5, True), (1.0, False), (0.3, False)])
+def test_objective_is_eq_4_to_7(alpha: float, use_template: bool) -> None:
+    flow = small_flow(alpha=alpha, use_template=use_template)
+    g = torch.Generator().manual_seed(3)
+    z1, eps, v = (torch.randn(3, *SHAPE, generator=g) for _ in range(3))
+    c = torch.randn(3, 6, 8, generator=g)
+    t = torch.tensor([0.0, 0.25, 0.9])
+    flow.dit = Recorder(v)
+    loss, parts = flow.loss(z1, c, t, eps)
+    template = flow.template if use_template else torch.zeros(SHAPE)
+    z0 = template + alpha * eps
+    expected_zt = torch.stack([(1 - t[i]) * z0[i] + t[i] * z1[i] for i in range(3)])
+    z_t, t_seen, c_seen = flow.dit.seen
+    torch.testing.assert_close(z_t, expected_zt)
+    assert torch.equal(t_seen, t) and torch.equal(c_seen, c)
+    torch.testing.assert_close(loss, ((v - (z1 - z0)) ** 2).mean())
+    assert parts["mse"] == loss.detach()
+    torch.testing.assert_close(z_t[0], z0[0])  # t = 0 is the noisy template
+
+
+def test_initial_state_is_template_plus_alpha_noise() -> None:
+    flow = small_flow(alpha=0.7)
+    z0 = flow.initial_state(2, torch.Generator().manual_seed(5))
+    eps = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(z0, flow.template + 0.7 * eps)
+
+
+def test_forward_draws_and_returns_a_scalar_loss() -> None:
+    flow = small_flow(time_sampling="logit_normal", cond_dropout=0.5)
+    loss, parts = flow({"z1": torch.randn(4, *SHAPE), "cond": torch.randn(4, 6, 8)})
+    assert loss.ndim == 0 and torch.isfinite(loss) and "mse" in parts
+    t = flow.sample_time(1000)
+    assert 0 < t.min() and t.max() < 1
+
+
+def test_dropped_condition_equals_the_null_token() -> None:
+    flow = small_flow(cond_dropout=0.2)
+    g = torch.Generator().manual_seed(0)
+    z1, eps = torch.randn(2, *SHAPE, generator=g), torch.randn(2, *SHAPE, generator=g)
+    c, t = torch.randn(2, 6, 8, generator=g), torch.tensor([0.3, 0.6])
+    real_dit = flow.dit
+    seen = {}
+
+    class Spy(nn.Module):
+        def forward(self, z_t: Tensor, t: Tensor, c: Tensor) -> Tensor:
+            seen["c"], seen["v"] = c, real_dit(z_t, t, c)
+            return seen["v"]
+
+    flow.dit = Spy()
+    flow.loss(z1, c, t, eps, drop=torch.tensor([True, False]))
+    assert torch.equal(seen["c"][0], flow.null_condition(1)[0])
+    assert torch.equal(seen["c"][1], c[1])
+    z0 = flow.template + eps
+    z_t = (1 - t[0]) * z0[:1] + t[0] * z1[:1]
+    unconditional = real_dit(z_t, t[:1], flow.null_condition(1))  # what the sampler's guidance uses
+    torch.testing.assert_close(seen["v"][:1], unconditional, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_every_parameter_gets_a_gradient(dropout: float) -> None:  # DDP without find_unused_parameters
+    flow = small_flow(cond_dropout=dropout)
+    loss, _ = flow({"z1": torch.randn(2, *SHAPE), "cond": torch.randn(2, 6, 8)})
+    loss.backward()
+    assert all(p.grad is not None for p in flow.parameters())
+    assert hasattr(flow, "null_cond") == (dropout > 0)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(alpha=-1.0), dict(use_template=False, alpha=0.0), dict(cond_dropout=1.0), dict(logit_std=0.0),
+     dict(sample_steps=0), dict(cond_dropout=0.0, sample_guidance=2.0)],
+)
+def test_invalid_flow_configs_raise(bad: dict) -> None:
+    with pytest.raises(ConfigError):
+        FlowConfig(dit=SMALL, **bad)
+
+
+def test_template_shape_and_switch_are_checked() -> None:
+    with pytest.raises(ConfigError):
+        FlowMatching(FlowConfig(dit=SMALL), torch.zeros(2, 6, 4, 5))
+    with pytest.raises(ConfigError):
+        FlowMatching(FlowConfig(dit=SMALL, use_template=False), torch.zeros(SHAPE))
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampler
+# --------------------------------------------------------------------------------------------------
+
+
+class Field:
+    """A known velocity field v(z, t) = a + b·t (no network), counting passes and their batch sizes."""
+
+    def __init__(self, a: Tensor, b: Tensor, z0: Tensor):
+        self.a, self.b, self.z0, self.calls = a, b, z0, []
+
+    def velocity(self, z: Tensor, t: Tensor, c: Tensor) -> Tensor:
+        self.calls.append(z.shape[0])
+        return (self.a + self.b * t[:, None]).expand_as(z)
+
+    def initial_state(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.z0.expand(batch, -1).clone()
+
+    def null_condition(self, batch: int) -> Tensor:
+        return torch.zeros(batch, 1)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 8])
+def test_euler_lands_exactly_on_a_constant_field(steps: int) -> None:
+    field = Field(torch.tensor([1.5, -2.0]), torch.zeros(2), torch.tensor([0.25, 1.0]))
+    z1 = sample(field, torch.zeros(3, 1), steps=steps, method="euler")
+    torch.testing.assert_close(z1, torch.tensor([[1.75, -1.0]] * 3), atol=1e-6, rtol=0)
+    assert field.calls == [3] * steps
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_heun_is_exact_for_a_field_linear_in_t(steps: int) -> None:
+    a, b, z0 = torch.tensor([1.0, 0.5]), torch.tensor([2.0, -4.0]), torch.tensor([0.0, 1.0])
+    field = Field(a, b, z0)
+    z1 = sample(field, torch.zeros(2, 1), steps=steps, method="heun")
+    torch.testing.assert_close(z1, (z0 + a + b / 2).expand(2, -1), atol=1e-6, rtol=0)  # ∫0¹ a + b·t dt
+    assert len(field.calls) == 2 * steps
+    euler = sample(Field(a, b, z0), torch.zeros(2, 1), steps=steps, method="euler")
+    torch.testing.assert_close(euler[0], z0 + a + b * (steps - 1) / (2 * steps))  # Euler's known bias
+
+
+def test_guidance_is_one_batched_pass_equal_to_two_passes() -> None:
+    flow = small_flow(cond_dropout=0.1)
+    cond = torch.randn(3, 6, 8)
+    w, steps = 2.5, 3
+    z0 = flow.initial_state(3, torch.Generator().manual_seed(1))
+    calls = []
+    original = flow.velocity
+
+    def counting(z: Tensor, t: Tensor, c: Tensor) -> Tensor:
+        calls.append(z.shape[0])
+        return original(z, t, c)
+
+    flow.velocity = counting
+    guided = sample(flow, cond, steps=steps, guidance=w, z0=z0)
+    assert calls == [6] * steps  # conditional and unconditional in one pass per step
+    z = z0
+    null = flow.null_condition(3)
+    for i in range(steps):
+        t = torch.full((3,), i / steps)
+        v_c, v_u = original(z, t, cond), original(z, t, null)
+        z = z + (1 / steps) * (v_u + w * (v_c - v_u))
+    torch.testing.assert_close(guided, z, atol=1e-5, rtol=1e-5)
+    flow.velocity = original
+    assert not torch.allclose(guided, sample(flow, cond, steps=steps, z0=z0))  # guidance changes the result
+
+
+def test_seeded_sampling_is_reproducible() -> None:
+    flow = small_flow()
+    cond = torch.randn(2, 6, 8)
+    for method in ("euler", "heun"):
+        one = sample(flow, cond, steps=3, method=method, generator=torch.Generator().manual_seed(7))
+        two = sample(flow, cond, steps=3, method=method, generator=torch.Generator().manual_seed(7))
+        other = sample(flow, cond, steps=3, method=method, generator=torch.Generator().manual_seed(8))
+        assert torch.equal(one, two) and not torch.allclose(one, other)
+
+
+def test_sampler_rejects_bad_arguments() -> None:
+    flow = small_flow(cond_dropout=0.0)
+    cond = torch.randn(1, 6, 8)
+    with pytest.raises(ConfigError):
+        sample(flow, cond, steps=0)
+    with pytest.raises(ConfigError):
+        sample(flow, cond, method="rk4")
+    with pytest.raises(ConfigError):  # no unconditional model to guide with
+        sample(flow, cond, guidance=2.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training on a tiny problem
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_few_training_steps_reduce_the_loss() -> None:
+    torch.manual_seed(0)
+    flow = FlowMatching(FlowConfig(dit=SMALL, cond_dropout=0.0), torch.zeros(SHAPE))
+    g = torch.Generator().manual_seed(0)
+    cond = torch.randn(8, 6, 8, generator=g)
+    z1 = torch.tanh(cond[:, :, :2].permute(0, 2, 1)[..., None, None].expand(-1, -1, -1, 4, 4) * 2)  # c → z1
+    fixed = (torch.rand(8, generator=g), torch.randn(8, *SHAPE, generator=g))
+
+    def held_out_loss() -> float:
+        with torch.no_grad():
+            return float(flow.loss(z1, cond, *fixed)[0])
+
+    before = held_out_loss()
+    opt = torch.optim.AdamW(flow.parameters(), lr=3e-3)
+    for _ in range(30):
+        loss, _ = flow({"z1": z1, "cond": cond})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert held_out_loss() < 0.7 * before
+
+
+# --------------------------------------------------------------------------------------------------
+# The flow stage (frozen networks stubbed: the stage's own logic only)
+# --------------------------------------------------------------------------------------------------
+
+
+class StubPAMAE(nn.Module):
+    """encode_aligned: (B, 12, 5000) → tokens (B, 50, 8); the first item of every batch is 'invalid'."""
+
+    def encode_aligned(self, ecg: Tensor) -> SimpleNamespace:
+        tokens = ecg[:, :8, :5000].reshape(ecg.shape[0], 8, 50, 100).mean(-1).transpose(1, 2)
+        valid = torch.ones(ecg.shape[0], dtype=torch.bool)
+        valid[0] = False
+        return SimpleNamespace(tokens=tokens, phase=None, source=None, valid=valid)
+
+
+class StubVAE(nn.Module):
+    def encode_latent(self, x: Tensor) -> Tensor:
+        z = F.avg_pool3d(x, (1, 8, 8))  # (B, 1, 50, 12, 12)
+        return torch.cat([z, -z], dim=1)
+
+
+@pytest.fixture
+def upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    from ecgflowcmr.training.stages import flow as flow_stage
+
+    pamae, vae = tmp_path / "pamae", tmp_path / "vae"
+    for run in (pamae, vae):
+        run.mkdir()
+        (run / "model.safetensors").write_bytes(b"stub")
+    save_file({"template": torch.full((2, 50, 12, 12), 0.1)}, str(vae / "template.safetensors"))
+    loads = []
+
+    def fake_load(p: Path, v: Path, device: torch.device) -> tuple[nn.Module, nn.Module]:
+        loads.append((p, v))
+        return StubPAMAE(), StubVAE()
+
+    monkeypatch.setattr(flow_stage, "load_frozen", fake_load)
+    return {"pamae": pamae, "vae": vae, "loads": loads}
+
+
+def test_stage_encodes_caches_finalizes_and_loads(synthetic_store: Path, tmp_path: Path, upstream: dict) -> None:
+    from ecgflowcmr.training.checkpoint import save_weights
+    from ecgflowcmr.training.stages import flow as flow_stage
+
+    run = tmp_path / "run"
+    run.mkdir()
+    args = (synthetic_store, run, upstream["pamae"], upstream["vae"], 3, torch.device("cpu"))
+    encoded = flow_stage.encoded_splits(*args)
+    assert set(encoded) == {"train", "val", "test"}
+    assert encoded["train"]["z1"].shape == (8 - 3, 2, 50, 12, 12)  # batches of 3: 3 first items invalid
+    assert encoded["train"]["cond"].shape == (5, 50, 8)
+    assert encoded["train"]["index"].tolist() == [1, 2, 4, 5, 7]
+    assert len(upstream["loads"]) == 1
+    again = flow_stage.encoded_splits(*args)  # reused from run/cache, the networks are not even loaded
+    assert len(upstream["loads"]) == 1 and torch.equal(again["val"]["cond"], encoded["val"]["cond"])
+
+    cfg = flow_stage.RunConfig(model=FlowConfig(dit=DiTConfig(width=16, depth=2, heads=2), sample_steps=2))
+    model_cfg = flow_stage.fit_to_upstream(cfg.model, encoded["train"]["z1"], encoded["train"]["cond"])
+    assert (model_cfg.dit.latent_channels, model_cfg.dit.cond_dim, model_cfg.dit.width) == (2, 8, 16)
+    model = FlowMatching(model_cfg, flow_stage.read_template(upstream["vae"]))
+    metrics = flow_stage.finalize(model, cfg, synthetic_store, run)
+    names = ("flow_latent_mse", "flow_latent_mse_template", "flow_latent_mse_other_ecg", "flow_latent_mse_real_pairs")
+    for name in names:
+        assert metrics[name]["value"] >= 0 and metrics[name]["definition"]
+    # an untrained flow returns z0 = template + ε, so its MSE is the template's plus about α² = 1
+    assert metrics["flow_latent_mse"]["value"] == pytest.approx(metrics["flow_latent_mse_template"]["value"] + 1,
+                                                                abs=0.2)
+
+    save_weights(model, run, dataclasses.asdict(model.config))
+    loaded = flow_stage.load(run)
+    assert loaded.config == model.config and not loaded.training
+    assert torch.equal(loaded.template, model.template)
+    cond = encoded["test"]["cond"][:2]
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(sample(loaded, cond, steps=2, generator=g()), sample(model, cond, steps=2, generator=g()))
+
+
+def test_stage_needs_both_upstream_runs(synthetic_store: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ecgflowcmr.training.loop")
+    from ecgflowcmr.training.stages import flow as flow_stage
+
+    with pytest.raises(InputError):
+        flow_stage.build(flow_stage.RunConfig(), synthetic_store, tmp_path, pamae=None, vae=tmp_path)
+
+
+def test_stage_build_returns_a_setup(synthetic_store: Path, tmp_path: Path, upstream: dict) -> None:
+    pytest.importorskip("ecgflowcmr.training.loop")
+    from ecgflowcmr.config import load_config
+    from ecgflowcmr.training.stages import flow as flow_stage
+
+    cfg = load_config(flow_stage.RunConfig, "flow", "tiny")
+    setup = flow_stage.build(cfg, synthetic_store, tmp_path, pamae=upstream["pamae"], vae=upstream["vae"])
+    batch = next(iter(torch.utils.data.DataLoader(setup.train_set, batch_size=2)))
+    assert batch["z1"].shape == (2, 2, 50, 12, 12) and batch["cond"].shape == (2, 50, 8)
+    loss, parts = setup.model(batch)
+    assert loss.ndim == 0 and "mse" in parts
+    assert not any(isinstance(m, StubPAMAE | StubVAE) for m in setup.model.modules())
+    assert len(setup.val_set) == 4 - 1  # one batch of 4, its first item invalid
+
+
+def test_stage_trains_end_to_end_with_the_engine(synthetic_store: Path, tmp_path: Path, upstream: dict) -> None:
+    pytest.importorskip("ecgflowcmr.training.tasks")
+    import json
+
+    from ecgflowcmr.training.stages import flow as flow_stage
+    from ecgflowcmr.training.tasks import run_stage
+
+    sets = ["train.steps=4", "train.batch_size=2", "train.val_every=2", "train.ckpt_every=2", "train.log_every=1",
+            "train.device=cpu", "model.sample_steps=2", "stage.eval_items=2"]
+    run = run_stage(flow_stage, "flow", synthetic_store, tmp_path / "run", config="tiny", sets=sets,
+                    pamae=upstream["pamae"], vae=upstream["vae"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["training"]["steps"] == 4
+    assert metrics["flow_latent_mse"]["value"] >= 0
+    flow = flow_stage.load(run)
+    assert flow.config.sample_steps == 2 and flow.config.dit.cond_dim == 8 and flow.config.dit.patch == 3
+    assert (run / "cache" / "train-0of1.safetensors").exists() and (run / "upstream.json").exists()
