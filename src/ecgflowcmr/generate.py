@@ -43,6 +43,12 @@ class GenerateSummary:
                 f"failed {self.failed} (failed.csv); {self.seconds:.1f} s ({per:.2f} s/video; {parts})")
 
 
+def item_seed(seed: int, subject_id: str) -> int:
+    """The noise seed of one item: a function of (seed, subject_id) only, so reruns and batch sizes agree."""
+    digest = hashlib.sha256(f"{seed}:{subject_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
 def shard_of(subject_id: str) -> str:
     return hashlib.sha1(subject_id.encode()).hexdigest()[:3]
 
@@ -66,7 +72,7 @@ def _items(ecg: Path, out: Path) -> list[tuple[str, Path, Path]]:
     return [(stem, ecg, out / stem)]
 
 
-def _write_outputs(stem: Path, frames01: np.ndarray, formats: list[str], spacing_mm: tuple[float, float],
+def _write_outputs(stem: Path, frames01: np.ndarray, formats: list[str], spacing_xy_mm: tuple[float, float],
                    frame_interval_s: float, fps: float) -> None:
     from ecgflowcmr.data.cmr import write_nifti_cine
     from ecgflowcmr.viz import write_video
@@ -76,7 +82,7 @@ def _write_outputs(stem: Path, frames01: np.ndarray, formats: list[str], spacing
         target = stem.with_name(stem.name + SUFFIX[fmt])
         with atomic_file(target) as tmp:
             if fmt == "nii":
-                write_nifti_cine(tmp, frames01.astype(np.float32), spacing_mm=spacing_mm,
+                write_nifti_cine(tmp, frames01.astype(np.float32), spacing_mm=spacing_xy_mm,
                                  frame_interval_s=frame_interval_s)
             elif fmt == "npy":
                 with open(tmp, "wb") as fh:
@@ -135,13 +141,13 @@ def generate(model: str | Path, ecg: str | Path, out: str | Path, *, formats: li
             intervals.append(rr / 50.0)
         if signals:
             x = torch.from_numpy(np.stack(signals))
-            frames, valid = pipe.generate_batch(x, steps=steps, seed=seed + first, guidance=guidance,
-                                                method=sampler)
+            seeds = [item_seed(seed, sid) for sid, _, _ in kept]
+            frames, valid = pipe.generate_batch(x, steps=steps, seed=seeds, guidance=guidance, method=sampler)
             for (sid, path, stem), video, ok, dt in zip(kept, frames, valid, intervals):
                 if not ok:
                     failed.append((sid, str(path), f"{path}: no usable cardiac cycle (NaN, flat or no R-peaks)"))
                     continue
-                _write_outputs(stem, video, formats, spacing, dt, fps=min(50.0, 1.0 / dt))
+                _write_outputs(stem, video, formats, (spacing[1], spacing[0]), dt, fps=min(50.0, 1.0 / dt))
                 generated += 1
         bar.update(len(chunk))
     bar.close()

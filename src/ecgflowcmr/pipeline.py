@@ -64,6 +64,18 @@ def write_bundle(out: str | Path, *, pamae_run: Path, vae_run: Path, flow_run: P
     return out
 
 
+def bundle_geometry(store: Path) -> dict[str, Any]:
+    """Output geometry for generated cines: the median canonical pixel spacing of the training cines."""
+    from ecgflowcmr.data.store import StoreDataset
+
+    rows = StoreDataset(store, "train", fields=()).rows
+    spacings = [[float(v) for v in r["cine_spacing_mm"].split()] for r in rows if r.get("cine_spacing_mm")]
+    spacing = np.median(np.array(spacings), axis=0).tolist() if spacings else [1.8, 1.8]
+    return {"spacing_mm": spacing,
+            "frame_interval": "R-R interval of the input ECG / 50 (median R-R over the record)",
+            "definition": "median canonical (row, column) spacing of the training cines, mm"}
+
+
 def find_bundle(path: str | Path) -> Path:
     """``path`` itself when it is a bundle, else ``path/bundle`` (a flow run folder)."""
     path = Path(path)
@@ -161,9 +173,13 @@ class Pipeline:
         return frames[0] if single else frames
 
     @torch.no_grad()
-    def generate_batch(self, x: torch.Tensor, steps: int | None = None, seed: int = 0,
+    def generate_batch(self, x: torch.Tensor, steps: int | None = None, seed: int | list[int] = 0,
                        guidance: float | None = None, method: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(B, 12, 5000) mV → (frames (B, 50, 96, 96) in [0, 1], valid (B,) bool); invalid items are NaN."""
+        """(B, 12, 5000) mV → (frames (B, 50, 96, 96) in [0, 1], valid (B,) bool); invalid items are NaN.
+
+        ``seed``: one seed for the batch, or one per item (then an item's cine does not depend on which
+        other items share its batch: what a resumable job over a manifest needs).
+        """
         from ecgflowcmr.flow.sampler import sample
 
         x = x.to(self.device, torch.float32)
@@ -177,9 +193,14 @@ class Pipeline:
         steps = int(steps or self.sampling.get("steps", 10))
         method = method or self.sampling.get("method", "euler")
         guidance = self.sampling.get("guidance") if guidance is None else guidance
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+        if isinstance(seed, int):
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            z0 = self.flow.initial_state(cond.shape[0], generator)
+        else:
+            z0 = torch.cat([self.flow.initial_state(1, torch.Generator(device=self.device).manual_seed(int(s)))
+                            for s, ok in zip(seed, valid) if ok])
         start = time.perf_counter()
-        z1 = sample(self.flow, cond, steps=steps, method=method, guidance=guidance, generator=generator)
+        z1 = sample(self.flow, cond, steps=steps, method=method, guidance=guidance, z0=z0)
         self.timings.sample += time.perf_counter() - start
         start = time.perf_counter()
         video = self.vae.decode_latent(z1)  # (b, 1, 50, 96, 96) in [-1, 1]

@@ -95,6 +95,8 @@ def prepare_item(manifest: Manifest, row: dict[str, str], position: int, paired:
             cine = read_cine(cmr_path, mask=mask_path)
             item.cine = cine_to_uint8(cine.frames)
             item.notes["cine_flags"] = "; ".join(cine.flags)
+            item.notes["cine_spacing_mm"] = " ".join(f"{v:.4g}" for v in cine.spacing_mm)
+            item.notes["cine_frame_interval_s"] = f"{cine.frame_interval_s:.5g}"
     except InputError as err:
         item.error = str(err)
     except Exception as err:  # a reader bug must not kill a batch of 10^5 items: record it

@@ -237,8 +237,21 @@ def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = Non
                  val_set=LatentPairs(val["z1"], val["cond"]) if val is not None else None)
 
 
-@torch.no_grad()
 def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dict[str, Any]:
+    """Evaluate on the test split, then assemble ``run_dir/bundle/`` (PA-MAE + VAE + flow + template)."""
+    from ecgflowcmr.pipeline import bundle_geometry, write_bundle
+
+    metrics = evaluate(model, cfg, run_dir)
+    upstream = json.loads((Path(run_dir) / "upstream.json").read_text())
+    config: FlowConfig = model.config
+    sampling = {"steps": config.sample_steps, "method": config.sample_method, "guidance": config.sample_guidance}
+    write_bundle(Path(run_dir) / "bundle", pamae_run=Path(upstream["pamae"]), vae_run=Path(upstream["vae"]),
+                 flow_run=Path(run_dir), sampling=sampling, geometry=bundle_geometry(Path(data)))
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Sample test latents with the config's sampling defaults; latent MSEs against the real latents."""
     test = read_encoded_split(run_dir, "test")
     if test is None:
