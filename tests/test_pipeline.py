@@ -79,8 +79,8 @@ def test_generate_manifest_resumes_and_records_failures(demo_run: Path, tmp_path
     assert main([*args[:5], "--out", str(single), "--format", "npy", "--steps", "2", "--batch-size", "1"]) == 0
     for row in rows[:3]:  # an item's cine does not depend on its batch
         sid = row["subject_id"]
-        np.testing.assert_array_equal(np.load(single / shard_of(sid) / f"{sid}.npy"),
-                                      np.load(out / shard_of(sid) / f"{sid}.npy"))
+        np.testing.assert_allclose(np.load(single / shard_of(sid) / f"{sid}.npy"),
+                                   np.load(out / shard_of(sid) / f"{sid}.npy"), atol=1e-5)  # batched matmul order
 
 
 def test_partial_bundle_fails_clearly(demo_run: Path, tmp_path: Path) -> None:

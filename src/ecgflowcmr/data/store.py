@@ -278,7 +278,13 @@ def _run_items(manifest: Manifest, tasks: list, workers: int) -> Iterator[tuple[
         for split, task in zip(splits, work):
             yield split, prepare_item(manifest, *task)
         return
-    ctx = mp.get_context("spawn")
+    # fork where the platform has it: workers inherit the imported readers (a spawned worker re-imports
+    # scipy.signal, neurokit2 and friends: seconds each)
+    import ecgflowcmr.data.cmr
+    import ecgflowcmr.data.ecg
+    import ecgflowcmr.data.phase  # noqa: F401  (imported once, before the fork)
+
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(manifest,)) as pool:
         yield from zip(splits, pool.imap(_work, work, chunksize=4))
 
