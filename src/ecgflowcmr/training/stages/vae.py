@@ -1,0 +1,169 @@
+"""Training stage ``vae``: the 3D video VAE on cines alone, then the anatomical template (paper §2.2).
+
+``ecgflowcmr train vae --data STORE --out RUN [--config tiny|paper|FILE] [--set k=v] [--resume]``.
+Trains on the ``train`` split's cines, validates on ``val``. ``finalize`` (after the EMA weights are
+exported) then
+
+1. encodes the training cines (posterior means), sets ``latent_scale`` = 1 / std of all their elements and
+   re-saves ``model.safetensors`` with it (the export happened before the scale was known);
+2. writes ``RUN/template.safetensors``: key ``template``, (C, 50, h, w) in scaled latent units — the mean
+   latent over subjects and frames broadcast over time (``static``, as the public code) or the mean over
+   subjects per frame (``per_frame``);
+3. measures reconstruction PSNR/SSIM on the held-out cines (``test``, else ``val``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ecgflowcmr.atomic import atomic_file
+from ecgflowcmr.config import from_dict
+from ecgflowcmr.data.store import StoreDataset, read_store_meta
+from ecgflowcmr.errors import ConfigError, InputError
+from ecgflowcmr.evaluation.image_metrics import PSNR_DEFINITION, SSIM_DEFINITION, psnr, ssim
+from ecgflowcmr.models.vae3d import VAEConfig, VideoVAE
+from ecgflowcmr.training.checkpoint import load_weights, read_config, save_weights
+from ecgflowcmr.training.config import TrainConfig
+from ecgflowcmr.training.loop import Setup
+
+FIELDS = ("cine",)
+TEMPLATE_FILE = "template.safetensors"
+
+
+@dataclass
+class StageConfig:
+    template: Literal["static", "per_frame"] = "static"
+    """Template = mean latent over subjects and frames, broadcast over time (paper, public code), or per frame."""
+    eval_batch_size: int = 2
+    """Cines per batch when encoding the training set and evaluating in ``finalize``."""
+    eval_max_items: int = 0
+    """Cap on held-out cines measured (0 = the whole split)."""
+
+    def __post_init__(self) -> None:
+        if self.eval_batch_size < 1 or self.eval_max_items < 0:
+            raise ConfigError("stage.eval_batch_size", "eval_batch_size must be ≥ 1 and eval_max_items ≥ 0")
+
+
+@dataclass
+class RunConfig:
+    model: VAEConfig = field(default_factory=VAEConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+
+
+def _split_size(data: Path, split: str) -> int:
+    return int(read_store_meta(data)["splits"].get(split, 0))
+
+
+def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = None,
+          vae: Path | None = None) -> Setup:
+    data = Path(data)
+    train_set = StoreDataset(data, "train", fields=FIELDS)
+    if len(train_set) == 0:
+        raise InputError(data, "the store has no training cines")
+    cine = tuple(read_store_meta(data)["shapes"]["cine"])
+    if cine != (cfg.model.frames, cfg.model.size, cfg.model.size):
+        raise InputError(data, f"cines are {cine} but model.frames/size expect "
+                               f"{(cfg.model.frames, cfg.model.size, cfg.model.size)}")
+    val_set = StoreDataset(data, "val", fields=FIELDS) if _split_size(data, "val") > 0 else None
+    return Setup(model=VideoVAE(cfg.model), train_set=train_set, val_set=val_set)
+
+
+def _batches(ds: StoreDataset, n: int, batch_size: int, device: torch.device):
+    """Cines (b, 1, T, H, W) float32 in [-1, 1], in item order."""
+    for start in range(0, n, batch_size):
+        yield torch.stack([ds[i]["cine"] for i in range(start, min(n, start + batch_size))]).to(device)
+
+
+@torch.no_grad()
+def latent_statistics(model: VideoVAE, ds: StoreDataset, batch_size: int) -> tuple[float, torch.Tensor]:
+    """(std of all posterior-mean elements, per-frame mean latent (C, T, h, w)) over ``ds``, unscaled."""
+    device = next(model.parameters()).device
+    total, total_sq, count = 0.0, 0.0, 0
+    frame_sum = torch.zeros(model.config.latent_shape, dtype=torch.float64)
+    for x in _batches(ds, len(ds), batch_size, device):
+        mean = model.encode(x)[0].double().cpu()  # (b, C, T, h, w)
+        frame_sum += mean.sum(0)
+        total, total_sq, count = total + mean.sum().item(), total_sq + mean.pow(2).sum().item(), count + mean.numel()
+    mu = total / count
+    std = max(total_sq / count - mu * mu, 0.0) ** 0.5
+    return std, (frame_sum / len(ds)).float()
+
+
+def template_latent(frame_mean: torch.Tensor, mode: str) -> torch.Tensor:
+    """(C, T, h, w) per-frame mean → the template (C, T, h, w): unchanged (per_frame) or time-averaged (static)."""
+    if mode == "per_frame":
+        return frame_mean.clone()
+    return frame_mean.mean(1, keepdim=True).expand_as(frame_mean).clone()
+
+
+def write_template(run_dir: Path, template: torch.Tensor, mode: str, n: int) -> Path:
+    path = Path(run_dir) / TEMPLATE_FILE
+    with atomic_file(path) as tmp:
+        save_file({"template": template.contiguous()}, str(tmp),
+                  metadata={"mode": mode, "units": "scaled latent (encode_latent)", "n_train_cines": str(n)})
+    return path
+
+
+@torch.no_grad()
+def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dict[str, Any]:
+    """Latent scale + template (written into ``run_dir``) and held-out metrics, each ``{"value", "definition"}``."""
+    data, run_dir = Path(data), Path(run_dir)
+    model.eval()
+    device = next(model.parameters()).device
+    bs = cfg.stage.eval_batch_size
+
+    train_set = StoreDataset(data, "train", fields=FIELDS)
+    std, frame_mean = latent_statistics(model, train_set, bs)
+    if not std > 0:
+        raise InputError(data, "the training latents have zero spread; cannot set the latent scale")
+    model.latent_scale.fill_(1.0 / std)
+    save_weights(model, run_dir, config=dataclasses.asdict(model.config))  # now with the latent scale
+    template = template_latent(frame_mean, cfg.stage.template) / std
+    write_template(run_dir, template, cfg.stage.template, len(train_set))
+
+    split = "test" if _split_size(data, "test") > 0 else "val"
+    held_out = StoreDataset(data, split, fields=FIELDS)
+    n = len(held_out) if cfg.stage.eval_max_items == 0 else min(len(held_out), cfg.stage.eval_max_items)
+    if n == 0:
+        raise InputError(data, "no held-out cines (test and val splits are empty)")
+    anatomy = (model.decode_latent(template[None].to(device)) + 1) / 2  # (1, 1, T, H, W) in [0, 1]
+    p, s, p_template = [], [], []
+    for x in _batches(held_out, n, bs, device):
+        x_hat = model.decode_latent(model.encode_latent(x))  # posterior mean, clamped to [-1, 1]
+        real, rec = (x + 1) / 2, (x_hat + 1) / 2  # [0, 1] display scale
+        p.append(psnr(rec, real).cpu())
+        s.append(ssim(rec.flatten(1, 2), real.flatten(1, 2)).cpu())
+        p_template.append(psnr(anatomy.expand_as(real), real).cpu())
+    where = f"{n} held-out cines of the store's '{split}' split, reconstructed from the posterior mean"
+    return {
+        "psnr_db": {"value": torch.cat(p).mean().item(), "definition": f"{PSNR_DEFINITION}; {where}"},
+        "ssim": {"value": torch.cat(s).mean().item(), "definition": f"{SSIM_DEFINITION}; {where}"},
+        "template_psnr_db": {"value": torch.cat(p_template).mean().item(), "definition":
+                             "PSNR (as psnr_db) of the decoded template against each held-out cine: the "
+                             "floor a generator that ignores the ECG reaches"},
+        "latent_scale": {"value": 1.0 / std, "definition":
+                         f"1 / std of all posterior-mean latent elements over the {len(train_set)} training "
+                         "cines; encode_latent multiplies by it (saved in model.safetensors)"},
+        "template_mode": {"value": cfg.stage.template, "definition":
+                          "static: mean latent over subjects and frames, broadcast over time; per_frame: "
+                          f"mean over subjects per frame; written to {TEMPLATE_FILE} (scaled latent units)"},
+        "n_held_out": {"value": n, "definition": where},
+    }
+
+
+def load(run_dir: Path, device: str | torch.device = "cpu") -> VideoVAE:
+    """The trained VAE of a run folder (``config.json`` + ``model.safetensors``, with its latent scale), eval mode."""
+    raw = read_config(run_dir)
+    if isinstance(raw.get("model"), dict):  # a full run config rather than the model's
+        raw = raw["model"]
+    model = VideoVAE(from_dict(VAEConfig, raw, prefix="model."))
+    load_weights(model, run_dir)
+    return model.to(device).eval()

@@ -1,0 +1,287 @@
+"""3D video VAE, its training stage and the image metrics: shapes, closed forms, invalid configs."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from ecgflowcmr.errors import ConfigError
+from ecgflowcmr.evaluation.image_metrics import gaussian_window, psnr, ssim
+from ecgflowcmr.models.vae3d import PRESETS, AxisAttention, VAEConfig, VideoVAE, kl_divergence
+
+torch.set_num_threads(1)
+
+SMALL = dict(channels=(8, 16), num_blocks=1, temporal_kernel=(3, 3), norm_groups=4, frames=6, size=16,
+             attention_heads=2)
+"""A 2× VAE on 6×16×16 clips: fast enough for optimisation tests."""
+
+
+def small(**kw) -> VideoVAE:
+    torch.manual_seed(0)
+    return VideoVAE(VAEConfig(**{**SMALL, **kw}))
+
+
+def clip(b: int = 2, frames: int = 6, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """A bright disc on a dark background whose radius beats over the clip, in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    out = []
+    for _ in range(b):
+        c = size / 2 + torch.rand(2, generator=g) * 2 - 1
+        r = size / 4 * (1 + 0.3 * torch.sin(torch.arange(frames) * 2 * math.pi / frames))
+        d = ((yy - c[0]) ** 2 + (xx - c[1]) ** 2).sqrt()
+        out.append(torch.where(d[None] < r[:, None, None], 0.8, -0.6))
+    return torch.stack(out)[:, None].float()  # (B, 1, T, S, S)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shapes and attention placement (the real 1×50×96×96 size)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset, attention", [("tiny", "factorised"), ("small", "full")])
+def test_shapes_and_attention_only_at_latent_scale(preset, attention):
+    cfg = PRESETS["tiny"] if preset == "tiny" else VAEConfig(**{**SMALL, "attention": attention})
+    model = VideoVAE(cfg).eval()
+    seen = []
+    for m in model.modules():
+        if isinstance(m, AxisAttention):
+            m.register_forward_hook(lambda mod, inp, out: seen.append((mod.over, tuple(inp[0].shape))))
+    x = torch.rand(1, 1, cfg.frames, cfg.size, cfg.size) * 2 - 1
+    with torch.no_grad():
+        mean, logvar = model.encode(x)
+        y = model.decode(mean)
+    assert mean.shape == logvar.shape == (1, *cfg.latent_shape)
+    if preset == "tiny":
+        assert cfg.latent_shape == (4, 50, 12, 12)
+    assert y.shape == x.shape
+    expected = {"factorised": ["space", "time"], "full": ["all"]}[attention]
+    assert [over for over, _ in seen] == expected * 2  # encoder mid block, decoder mid block
+    assert all(shape[-2:] == cfg.latent_shape[-2:] for _, shape in seen)  # only at the latent scale
+
+
+def test_paper_preset_default_attention_is_factorised_at_latent_scale_only():
+    cfg = PRESETS["paper"]
+    assert (cfg.latent_channels, cfg.downsample_factor, cfg.latent_shape) == (4, 8, (4, 50, 12, 12))
+    model = VideoVAE(cfg)
+    overs = [m.over for m in model.modules() if isinstance(m, AxisAttention)]
+    assert overs == ["space", "time", "space", "time"]
+    attn = {name: m for name, m in model.named_modules() if isinstance(m, AxisAttention)}
+    assert all(re.fullmatch(r"(encoder|decoder)\.layers\.\d+\.[12]", name) for name in attn)  # mid blocks only
+    assert [m.norm.num_channels for m in attn.values()] == [cfg.channels[-1]] * 4
+
+
+@pytest.mark.parametrize("attention", ["factorised", "full", "none"])
+def test_time_is_circular(attention):
+    """Circular padding in time and attention without positions: rolling frames rolls the latent."""
+    model = small(attention=attention).eval()
+    x = clip(1)
+    with torch.no_grad():
+        a = model.encode(x.roll(2, dims=2))[0]
+        b = model.encode(x)[0].roll(2, dims=2)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loss
+# --------------------------------------------------------------------------------------------------
+
+
+def test_kl_closed_form():
+    shape = (3, 2, 4, 5, 5)
+    n = math.prod(shape[1:])
+    zeros = torch.zeros(shape)
+    torch.testing.assert_close(kl_divergence(zeros, zeros), torch.zeros(3))
+    torch.testing.assert_close(kl_divergence(zeros + 1, zeros), torch.full((3,), 0.5 * n))
+    log2 = torch.full(shape, math.log(2.0))
+    torch.testing.assert_close(kl_divergence(zeros, log2), torch.full((3,), 0.5 * n * (1 - math.log(2.0))))
+
+
+def test_loss_is_l1_plus_beta_kl_per_pixel():
+    model = small(kl_weight=1e-2).eval()
+    x = clip()
+    loss, parts = model({"cine": x})
+    mean, logvar = model.encode(x)
+    kl = kl_divergence(mean, logvar).mean() / x[0].numel()
+    torch.testing.assert_close(parts["kl_per_pixel"], kl.detach())
+    torch.testing.assert_close(loss.detach(), parts["rec_l1"] + 1e-2 * kl.detach())
+
+
+def test_reconstruction_loss_decreases_on_one_batch():
+    model = small(ssim_weight=0.1)
+    x = clip()
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+
+    def eval_rec() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(model({"cine": x})[1]["rec_l1"])
+
+    before = eval_rec()
+    model.train()
+    for _ in range(12):
+        loss, parts = model({"cine": x})
+        assert set(parts) == {"rec_l1", "kl_per_pixel", "one_minus_ssim"}
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert eval_rec() < 0.6 * before
+
+
+def test_train_frames_crops_a_circular_window_in_training_only():
+    model = small(train_frames=4)
+    x = clip(1)
+    assert model.crop_frames(x).shape[2] == 4
+    model.eval()
+    assert model.crop_frames(x).shape[2] == 6
+    window = VideoVAE(VAEConfig(**{**SMALL, "train_frames": 4})).train().crop_frames(torch.arange(6.0).view(1, 1, 6, 1, 1))
+    assert ((window.flatten().diff() % 6) == 1).all()  # consecutive frames, wrapping around the cycle
+
+
+def test_gan_option_steps_its_own_discriminator_outside_the_module():
+    model = small(gan_weight=0.1, gan_start=1, disc_channels=8)
+    assert not any("disc" in k for k in model.state_dict())  # the engine never sees the discriminator
+    disc = model._disc[0]
+    before = [p.clone() for p in disc.parameters()]
+    x = clip()
+    _, parts = model({"cine": x})
+    assert parts["gen_adv"] == parts["disc_loss"] == 0.0  # before gan_start (same keys every step)
+    assert all(torch.equal(a, p) for a, p in zip(before, disc.parameters()))
+    loss, parts = model({"cine": x})
+    assert parts["disc_loss"] > 0 and parts["gen_adv"] != 0.0
+    assert any(not torch.equal(a, p) for a, p in zip(before, disc.parameters()))
+    disc_grads = [p.grad.clone() for p in disc.parameters()]
+    loss.backward()  # the generator's loss must not touch the discriminator
+    assert all(torch.equal(g, p.grad) for g, p in zip(disc_grads, disc.parameters()))
+    assert model.decoder.layers[-1].weight.grad is not None
+
+
+# --------------------------------------------------------------------------------------------------
+# Latent scale
+# --------------------------------------------------------------------------------------------------
+
+
+def test_encode_latent_and_decode_latent_use_the_scale():
+    model = small().eval()
+    x = clip()
+    model.latent_scale.fill_(2.5)
+    assert "latent_scale" in model.state_dict()
+    with torch.no_grad():
+        mean = model.encode(x)[0]
+        z = model.encode_latent(x)
+        torch.testing.assert_close(z, 2.5 * mean)
+        out = model.decode_latent(z)
+        torch.testing.assert_close(out, model.decode(mean).clamp(-1, 1))
+    assert out.min() >= -1 and out.max() <= 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def test_psnr_closed_forms():
+    x = torch.rand(2, 1, 4, 16, 16)
+    assert torch.isinf(psnr(x, x)).all()
+    torch.testing.assert_close(psnr(x, x + 0.1), torch.full((2,), 20.0))  # 10·log10(1 / 0.01)
+    signs = torch.randint(0, 2, x.shape).float() * 2 - 1
+    torch.testing.assert_close(psnr(x, x + 0.05 * signs, data_range=2.0), torch.full((2,), 10 * math.log10(4 / 0.0025)))
+
+
+def test_ssim_closed_forms():
+    x = torch.rand(2, 3, 24, 24, dtype=torch.float64)
+    torch.testing.assert_close(ssim(x, x), torch.ones(2, dtype=torch.float64))
+    a, b = 0.3, 0.7  # constant images: only the luminance term remains
+    c1 = 0.01**2
+    expected = (2 * a * b + c1) / (a * a + b * b + c1)
+    full = dict(size=(1, 2, 16, 16), dtype=torch.float64)
+    torch.testing.assert_close(ssim(torch.full(fill_value=a, **full), torch.full(fill_value=b, **full)),
+                               torch.tensor([expected], dtype=torch.float64))
+    assert ssim(x, torch.rand(2, 3, 24, 24, dtype=torch.float64)).max() < 0.2  # independent noise: little structure in common
+    torch.testing.assert_close(gaussian_window().sum(), torch.tensor(1.0))
+
+
+# --------------------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [
+    dict(channels=()),
+    dict(channels=(64, 100, 256, 256)),  # 100 not divisible by 32 groups
+    dict(temporal_kernel=(3, 3, 3)),  # one per level
+    dict(temporal_kernel=(3, 2, 3, 3)),  # even
+    dict(size=100),  # not divisible by 8
+    dict(attention_heads=3),
+    dict(attention="global"),
+    dict(latent_channels=0),
+    dict(train_frames=51),
+    dict(kl_weight=-1.0),
+])
+def test_invalid_configs_raise(bad):
+    from ecgflowcmr.config import from_dict
+
+    with pytest.raises(ConfigError):
+        from_dict(VAEConfig, {k: list(v) if isinstance(v, tuple) else v for k, v in bad.items()})
+
+
+def test_presets_load_from_yaml():
+    from ecgflowcmr.config import load_config
+    from ecgflowcmr.training.stages.vae import RunConfig
+
+    tiny = load_config(RunConfig, "vae", "tiny")
+    assert tiny.model == PRESETS["tiny"] and tiny.model.train_frames == 10
+    paper = load_config(RunConfig, "vae", "paper")
+    assert paper.model == PRESETS["paper"] == VAEConfig() and paper.train.epochs == 10
+
+
+# --------------------------------------------------------------------------------------------------
+# The training stage: scale, template, metrics, load
+# --------------------------------------------------------------------------------------------------
+
+
+def test_template_modes():
+    from ecgflowcmr.training.stages.vae import template_latent
+
+    frame_mean = torch.randn(4, 50, 12, 12)
+    static = template_latent(frame_mean, "static")
+    assert static.shape == (4, 50, 12, 12)
+    torch.testing.assert_close(static, frame_mean.mean(1, keepdim=True).expand(-1, 50, -1, -1))
+    torch.testing.assert_close(template_latent(frame_mean, "per_frame"), frame_mean)
+
+
+@pytest.mark.parametrize("mode", ["static"])
+def test_stage_end_to_end_writes_scale_template_metrics(synthetic_store, tmp_path, mode):
+    """Two training steps of the tiny preset, then finalize: scale saved with the weights, template, metrics."""
+    import json
+
+    from ecgflowcmr.data.store import StoreDataset
+    from ecgflowcmr.training.stages import vae as stage
+    from ecgflowcmr.training.tasks import train
+
+    run = train("vae", synthetic_store, tmp_path / "run", "tiny",  # tiny, narrowed further for speed
+                sets=["model.channels=[4,4,8,8]", "model.norm_groups=4", "model.attention_heads=2",
+                      "train.steps=2", "train.batch_size=1", "train.warmup_steps=1", "train.val_batches=1",
+                      f"stage.template={mode}", "stage.eval_max_items=1", "stage.eval_batch_size=4"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("psnr_db", "ssim", "latent_scale", "template_psnr_db"):
+        assert math.isfinite(metrics[key]["value"]) and metrics[key]["definition"]
+    assert -1 <= metrics["ssim"]["value"] <= 1
+
+    model = stage.load(run)
+    assert not model.training
+    assert model.latent_scale.item() == pytest.approx(metrics["latent_scale"]["value"], rel=1e-6)
+    with safe_open(str(run / "template.safetensors"), "pt") as fh:
+        template = fh.get_tensor("template")
+        assert fh.metadata()["mode"] == mode
+    assert template.shape == (4, 50, 12, 12)
+    # the template is the mean scaled latent of the training cines, which have unit spread once scaled
+    train_set = StoreDataset(synthetic_store, "train", fields=("cine",))
+    with torch.no_grad():
+        z = torch.cat([model.encode_latent(train_set[i]["cine"][None]) for i in range(len(train_set))])
+    torch.testing.assert_close(template, stage.template_latent(z.mean(0), mode), atol=1e-4, rtol=1e-4)
+    assert z.std().item() == pytest.approx(1.0, rel=1e-3)
