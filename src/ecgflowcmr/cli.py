@@ -21,11 +21,15 @@ def _cmd_phantom(args: argparse.Namespace) -> None:
     print(f"wrote {manifest}")
 
 
-def _cmd_inspect(args: argparse.Namespace) -> None:
+def _cmd_inspect(args: argparse.Namespace) -> int:
     from ecgflowcmr.data.inspect import format_report, inspect_file
 
     report = inspect_file(args.file)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if report.get("readable") is False:  # described, but the readers refuse it: say why, exit non-zero
+        print(f"error: {report['path']}: {report['error']}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -183,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `ecgflowcmr inspect --json | head`: stop quietly, as other CLI tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
