@@ -151,7 +151,7 @@ class Pipeline:
         # unwrap, upsample 8× to samples by linear interpolation, wrap back
         unwrapped = torch.from_numpy(np.unwrap(token_phase.cpu().numpy(), axis=-1))
         n_tokens = unwrapped.shape[-1]
-        centres = torch.arange(n_tokens, dtype=torch.float32) * 8 + 3.5
+        centres = torch.arange(n_tokens, dtype=torch.float32) * 8 + 4  # the label sample of token k
         samples = torch.arange(5000, dtype=torch.float32)
         phase = np.stack([np.interp(samples.numpy(), centres.numpy(), u.numpy()) for u in unwrapped])
         phase = np.mod(phase, 2 * np.pi).astype(np.float32)
