@@ -308,7 +308,7 @@ def test_stage_encodes_caches_finalizes_and_loads(synthetic_store: Path, tmp_pat
     model_cfg = flow_stage.fit_to_upstream(cfg.model, encoded["train"]["z1"], encoded["train"]["cond"])
     assert (model_cfg.dit.latent_channels, model_cfg.dit.cond_dim, model_cfg.dit.width) == (2, 8, 16)
     model = FlowMatching(model_cfg, flow_stage.read_template(upstream["vae"]))
-    metrics = flow_stage.finalize(model, cfg, synthetic_store, run)
+    metrics = flow_stage.evaluate(model, cfg, run)  # finalize = this + the bundle (tests/test_pipeline.py)
     names = ("flow_latent_mse", "flow_latent_mse_template", "flow_latent_mse_other_ecg", "flow_latent_mse_real_pairs")
     for name in names:
         assert metrics[name]["value"] >= 0 and metrics[name]["definition"]
