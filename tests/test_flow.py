@@ -277,6 +277,7 @@ def upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     for run in (pamae, vae):
         run.mkdir()
         (run / "model.safetensors").write_bytes(b"stub")
+        (run / "config.json").write_text("{}")  # enough for finalize to assemble a (stub) bundle
     save_file({"template": torch.full((2, 50, 12, 12), 0.1)}, str(vae / "template.safetensors"))
     loads = []
 
@@ -365,3 +366,4 @@ def test_stage_trains_end_to_end_with_the_engine(synthetic_store: Path, tmp_path
     flow = flow_stage.load(run)
     assert flow.config.sample_steps == 2 and flow.config.dit.cond_dim == 8 and flow.config.dit.patch == 3
     assert (run / "cache" / "train-0of1.safetensors").exists() and (run / "upstream.json").exists()
+    assert (run / "bundle" / "bundle.json").exists() and (run / "bundle" / "flow" / "model.safetensors").exists()
