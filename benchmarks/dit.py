@@ -22,32 +22,13 @@ import statistics
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from ecgflowcmr.evaluation.speed import counted_flops, matmul_gflops, sync
 from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
 from ecgflowcmr.flow.sampler import sample
 from ecgflowcmr.models.dit import PRESETS, DiT, DiTConfig, count_parameters
 
 PAPER_STEPS = FlowConfig().sample_steps
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_gflops(device: torch.device, seconds: float = 1.5, n: int = 2048) -> float:
-    """fp32 GFLOP/s of a repeated n×n matmul (the machine's practical peak for dense layers)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    sync(device)
-    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
 def inputs(cfg: DiTConfig, batch: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -57,11 +38,9 @@ def inputs(cfg: DiTConfig, batch: int, device: torch.device) -> tuple[torch.Tens
 
 def pass_flops(cfg: DiTConfig) -> float:
     """FLOPs of one batch-1 pass, counted on the meta device (no compute)."""
-    with torch.device("meta"):
+    with torch.device("meta"), torch.no_grad():
         net = DiT(cfg)
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            net(*inputs(cfg, 1, torch.device("meta")))
-    return float(counter.get_total_flops())
+        return counted_flops(lambda: net(*inputs(cfg, 1, torch.device("meta"))))
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from ecgflowcmr.errors import ConfigError
 from ecgflowcmr.evaluation.image_metrics import gaussian_window, psnr, ssim
-from ecgflowcmr.models.vae3d import PRESETS, AxisAttention, VAEConfig, VideoVAE, kl_divergence
+from ecgflowcmr.models.vae3d import PRESETS, AxisAttention, PeriodicConv3d, VAEConfig, VideoVAE, kl_divergence
 
 torch.set_num_threads(1)
 
@@ -237,6 +237,41 @@ def test_presets_load_from_yaml():
     assert tiny.model == PRESETS["tiny"] and tiny.model.train_frames == 10
     paper = load_config(RunConfig, "vae", "paper")
     assert paper.model == PRESETS["paper"] == VAEConfig() and paper.train.epochs == 10
+    public = load_config(RunConfig, "vae", "public")
+    assert public.model == PRESETS["public"] and public.model.channels == (64, 128, 256, 256)
+    assert public.train == paper.train
+
+
+def counted_gflop(cfg: VAEConfig) -> tuple[float, float]:
+    """GFLOP of one encode and one decode of a batch-1 video, counted on the meta device (no compute)."""
+    from ecgflowcmr.evaluation.speed import counted_flops
+
+    with torch.device("meta"), torch.no_grad():
+        model = VideoVAE(cfg)
+        x, z = torch.empty(1, 1, cfg.frames, cfg.size, cfg.size), torch.empty(1, *cfg.latent_shape)
+        return counted_flops(lambda: model.encode(x)) / 1e9, counted_flops(lambda: model.decode(z)) / 1e9
+
+
+def test_paper_preset_fits_the_cpu_flop_budget_and_public_costs_far_more():
+    """Issue 4 §4 (≤ 10 s per video on a 2-core CPU) leaves the VAE ≤ ~0.3 TFLOP to encode, ≤ ~0.5 to decode."""
+    enc, dec = counted_gflop(PRESETS["paper"])
+    assert enc <= 300 and dec <= 500
+    public_enc, public_dec = counted_gflop(PRESETS["public"])
+    assert public_enc > 4 * enc and public_dec > 4 * dec
+    assert PRESETS["public"].latent_shape == PRESETS["paper"].latent_shape == (4, 50, 12, 12)
+
+
+def test_paper_preset_mixes_time_only_at_24_and_12():
+    """Paper preset: every conv reading 96² or 48² is per-frame (kernel 1×3×3), every one reading 24² or 12² is 3-D."""
+    cfg = PRESETS["paper"]
+    seen = set()
+    with torch.device("meta"), torch.no_grad():
+        model = VideoVAE(cfg)
+        for m in model.modules():
+            if isinstance(m, PeriodicConv3d):
+                m.register_forward_hook(lambda mod, inp, out: seen.add((inp[0].shape[-1], mod.kernel_size[0])))
+        model.decode(model.encode(torch.empty(1, 1, cfg.frames, cfg.size, cfg.size))[0])
+    assert seen == {(96, 1), (48, 1), (24, 3), (12, 3)}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,6 +11,11 @@ latent scale. Differences from the public code (DESIGN.md §5):
   public code's full attention over 50·24·24 = 28,800 positions needs 26.5 GB for one video.
 - the latent scale (1 / std of the training latents) is a buffer saved with the weights, so
   ``encode_latent``/``decode_latent`` are self-contained.
+- the ``paper`` sizes (the config defaults) are narrower than the public code's: widths 32-64-128-128
+  instead of 64-128-256-256, per-frame (2-D) convolutions at 96² and 48² and 3-D ones at 24² and 12²,
+  the same latent (4×50×12×12). One decode costs ~0.38 TFLOP instead of ~2.6 (encode ~0.22 instead of
+  ~1.4), which the CPU target of ~10 s per generated video needs. ``PRESETS["public"]`` (and
+  ``configs/vae/public.yaml``) keeps the public code's sizes for comparison.
 
 Loss (``forward``): L1 + β·KL [+ w_s·(1 − SSIM)] [+ w_g·hinge-GAN]; see ``forward_loss``.
 """
@@ -35,12 +40,14 @@ class VAEConfig:
     """Image channels (1: grey-level cine)."""
     latent_channels: int = 4
     """C, channels of the latent (paper: 4)."""
-    channels: tuple[int, ...] = (64, 128, 256, 256)
-    """Width per resolution level; len − 1 levels of 2× spatial downsampling (4 levels → 8×, as the paper)."""
+    channels: tuple[int, ...] = (32, 64, 128, 128)
+    """Width per resolution level; len − 1 levels of 2× spatial downsampling (4 levels → 8×, as the paper).
+    The public code's 64-128-256-256 costs ~7× the FLOPs (``PRESETS["public"]``)."""
     num_blocks: int = 2
     """ResNet blocks per level in the encoder; the decoder has one more per level (as LDM)."""
-    temporal_kernel: tuple[int, ...] = (3, 3, 3, 3)
-    """Temporal kernel size per level (1: per-frame 2-D convs, cheaper; 3: 3-D). Odd. Mid block uses the last."""
+    temporal_kernel: tuple[int, ...] = (1, 1, 3, 3)
+    """Temporal kernel size per level (1: per-frame 2-D convs, 3× cheaper; 3: 3-D). Odd. Mid block uses the last.
+    Default: time is mixed only at 24² and 12² (and by the latent-scale attention)."""
     norm_groups: int = 32
     """GroupNorm groups; must divide every width."""
     attention: Literal["factorised", "full", "none"] = "factorised"
@@ -360,6 +367,7 @@ class VideoVAE(nn.Module):
 
 PRESETS: dict[str, VAEConfig] = {
     "paper": VAEConfig(),
+    "public": VAEConfig(channels=(64, 128, 256, 256), temporal_kernel=(3, 3, 3, 3)),  # the public code's sizes
     "tiny": VAEConfig(channels=(8, 16, 32, 32), num_blocks=1, temporal_kernel=(1, 1, 3, 3), norm_groups=8,
                       train_frames=10),
 }
