@@ -89,5 +89,6 @@ def test_partial_bundle_fails_clearly(demo_run: Path, tmp_path: Path) -> None:
     (bundle / "vae" / "model.safetensors").unlink()
     with pytest.raises(InputError, match=r"vae/model\.safetensors missing"):
         load_pipeline(bundle)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="not a bundle"):
-        load_pipeline(tmp_path)
+        load_pipeline(tmp_path / "empty")
