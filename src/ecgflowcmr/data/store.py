@@ -333,6 +333,11 @@ def read_store_meta(store: str | Path) -> dict[str, Any]:
     return meta
 
 
+def split_size(store: str | Path, split: str) -> int:
+    """Items in one split of a complete store (0 when the store has no such split)."""
+    return int(read_store_meta(store)["splits"].get(split, 0))
+
+
 class StoreDataset:
     """One split of a store as a torch Dataset of dicts (memory-mapped; no per-item parsing).
 

@@ -19,7 +19,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from ecgflowcmr.config import from_dict
 from ecgflowcmr.data.phase import rpeak_f1
-from ecgflowcmr.data.store import StoreDataset, read_store_meta
+from ecgflowcmr.data.store import StoreDataset, split_size
 from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.models.align import cycle_boundaries, token_labels
 from ecgflowcmr.models.pa_mae import PAMAE, PAMAEConfig
@@ -53,20 +53,17 @@ class RunConfig:
     """Also train on the store's ``ecg_only`` split (the ECG-only cohort; PA-MAE needs no cine)."""
 
 
-def _split_size(data: Path, split: str) -> int:
-    return int(read_store_meta(data)["splits"].get(split, 0))
-
 
 def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = None,
           vae: Path | None = None) -> Setup:
     data = Path(data)
     parts: list[Dataset] = [StoreDataset(data, "train", fields=FIELDS)]
-    if cfg.use_ecg_only and _split_size(data, "ecg_only") > 0:
+    if cfg.use_ecg_only and split_size(data, "ecg_only") > 0:
         parts.append(StoreDataset(data, "ecg_only", fields=FIELDS))
     train_set = parts[0] if len(parts) == 1 else ConcatDataset(parts)
     if len(train_set) == 0:
         raise InputError(data, "the store has no training ECGs")
-    val_set = StoreDataset(data, "val", fields=FIELDS) if _split_size(data, "val") > 0 else None
+    val_set = StoreDataset(data, "val", fields=FIELDS) if split_size(data, "val") > 0 else None
     return Setup(model=PAMAE(cfg.model), train_set=train_set, val_set=val_set)
 
 
@@ -91,7 +88,7 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
     from ecgflowcmr.data.phase import detect_rpeaks
 
     data = Path(data)
-    split = "test" if _split_size(data, "test") > 0 else "val"
+    split = "test" if split_size(data, "test") > 0 else "val"
     ds = StoreDataset(data, split, fields=FIELDS)
     n = len(ds) if cfg.eval.max_items == 0 else min(len(ds), cfg.eval.max_items)
     if n == 0:

@@ -25,7 +25,7 @@ from torch import nn
 
 from ecgflowcmr.atomic import atomic_file
 from ecgflowcmr.config import from_dict
-from ecgflowcmr.data.store import StoreDataset, read_store_meta
+from ecgflowcmr.data.store import StoreDataset, read_store_meta, split_size
 from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.evaluation.image_metrics import PSNR_DEFINITION, SSIM_DEFINITION, psnr, ssim
 from ecgflowcmr.models.vae3d import VAEConfig, VideoVAE
@@ -58,9 +58,6 @@ class RunConfig:
     stage: StageConfig = field(default_factory=StageConfig)
 
 
-def _split_size(data: Path, split: str) -> int:
-    return int(read_store_meta(data)["splits"].get(split, 0))
-
 
 def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = None,
           vae: Path | None = None) -> Setup:
@@ -72,7 +69,7 @@ def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = Non
     if cine != (cfg.model.frames, cfg.model.size, cfg.model.size):
         raise InputError(data, f"cines are {cine} but model.frames/size expect "
                                f"{(cfg.model.frames, cfg.model.size, cfg.model.size)}")
-    val_set = StoreDataset(data, "val", fields=FIELDS) if _split_size(data, "val") > 0 else None
+    val_set = StoreDataset(data, "val", fields=FIELDS) if split_size(data, "val") > 0 else None
     return Setup(model=VideoVAE(cfg.model), train_set=train_set, val_set=val_set)
 
 
@@ -129,7 +126,7 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
     template = template_latent(frame_mean, cfg.stage.template) / std
     write_template(run_dir, template, cfg.stage.template, len(train_set))
 
-    split = "test" if _split_size(data, "test") > 0 else "val"
+    split = "test" if split_size(data, "test") > 0 else "val"
     held_out = StoreDataset(data, split, fields=FIELDS)
     n = len(held_out) if cfg.stage.eval_max_items == 0 else min(len(held_out), cfg.stage.eval_max_items)
     if n == 0:
