@@ -12,49 +12,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ecgflowcmr.config import load_config
+from ecgflowcmr.evaluation.speed import counted_flops, matmul_gflops, timed
 from ecgflowcmr.models.align import align_cycles, unwrapped_phase_from_rpeaks
 from ecgflowcmr.models.pa_mae import PAMAE
 from ecgflowcmr.training.stages.pamae import RunConfig
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_gflops(device: torch.device, n: int = 2048, seconds: float = 2.0) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b
-    sync(device)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-        sync(device)
-    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
-
-
-def timed(fn, device: torch.device, repeats: int) -> float:
-    """Seconds per call (after one warm-up call)."""
-    fn()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync(device)
-    return (time.perf_counter() - start) / repeats
-
-
-def counted_flops(fn) -> float:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
 
 
 def synthetic_batch(batch: int, device: torch.device) -> dict[str, torch.Tensor]:
