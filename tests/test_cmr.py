@@ -13,7 +13,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import MRImageStorage, generate_uid
 
-from ecgflowcmr.data import cmr
+from ecgflowcmr.data import cmr, cmr_readers
 from ecgflowcmr.data.cmr import inspect_cine, read_cine, read_mask, write_cine, write_nifti_cine
 from ecgflowcmr.errors import InputError
 
@@ -76,7 +76,7 @@ def write_dicom_series(folder: Path, frames: np.ndarray, *, description: str = "
 
 def expected_canonical(frames: np.ndarray) -> np.ndarray:
     """What read_cine should produce from source frames, computed with the module's own steps."""
-    raw = cmr._RawCine(frames.astype(np.float32), (2.0, 2.0), 0.02, np.eye(4))
+    raw = cmr_readers._RawCine(frames.astype(np.float32), (2.0, 2.0), 0.02, np.eye(4))
     return cmr._canonicalize(raw, Path("x"), "nifti", None, cmr.FOV_MM).frames
 
 
@@ -244,7 +244,7 @@ def test_dicom_series_read_in_trigger_time_order(tmp_path):
     frames[:, 0, 0] = np.arange(50) * 10  # a frame counter in the corner
     write_dicom_series(tmp_path / "series", frames, dt_ms=18.0)
     (tmp_path / "series" / "README.txt").write_text("not DICOM")
-    raw = cmr._read_dicom_folder(tmp_path / "series")
+    raw = cmr_readers._read_dicom_folder(tmp_path / "series")
     np.testing.assert_array_equal(raw.frames[:, 0, 0], np.arange(50) * 10)
     cine = read_cine(tmp_path / "series")
     np.testing.assert_allclose(cine.frames, expected_canonical(frames), atol=1e-5)
@@ -264,7 +264,7 @@ def test_dicom_missing_frame_within_limit_is_filled(tmp_path):
     write_dicom_series(tmp_path / "s", frames, skip=(17,))
     cine = read_cine(tmp_path / "s")
     assert "filled missing frame 17 with frame 16" in cine.flags
-    raw = cmr._read_dicom_folder(tmp_path / "s")
+    raw = cmr_readers._read_dicom_folder(tmp_path / "s")
     np.testing.assert_array_equal(raw.frames[17], raw.frames[16])
     write_dicom_series(tmp_path / "first", frames, skip=(0,))
     assert "filled missing frame 0 with frame 1" in read_cine(tmp_path / "first").flags
@@ -292,7 +292,7 @@ def test_mixed_lax_series_gives_the_middle_view(tmp_path):
         ds.TriggerTime = (ds.InstanceNumber - 1) % t * 30.0
         ds.CardiacNumberOfImages = t
         ds.save_as(p)
-    raw = cmr._read_dicom_folder(tmp_path / "mixed")
+    raw = cmr_readers._read_dicom_folder(tmp_path / "mixed")
     assert raw.frames.shape == (t, 32, 32) and raw.frames[0, 0, 0] == 200
     assert any("took the 2nd of 3 views" in f for f in raw.flags)
 
@@ -349,7 +349,7 @@ def test_ukb_manifest_with_commas_in_dates():
             "a.dcm,1,2,UKB,Mar 3, 2015,1,CINE_segmented_LAX_4Ch\n"
             "b.dcm,1,2,UKB,\"Apr 12, 2016\",1,CINE_segmented_LAX_2Ch\n"
             "c.dcm,1,2,UKB,odd, date, here,1,CINE_segmented_LAX_3Ch\n")
-    assert cmr._parse_ukb_manifest(text) == {"a.dcm": "CINE_segmented_LAX_4Ch",
+    assert cmr_readers._parse_ukb_manifest(text) == {"a.dcm": "CINE_segmented_LAX_4Ch",
                                              "b.dcm": "CINE_segmented_LAX_2Ch",
                                              "c.dcm": "CINE_segmented_LAX_3Ch"}
 

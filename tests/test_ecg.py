@@ -12,6 +12,7 @@ import pytest
 
 import ecgflowcmr
 from ecgflowcmr.data import ecg as ecg_mod
+from ecgflowcmr.data import ecg_decoders
 from ecgflowcmr.data.ecg import FS, LEADS, N_SAMPLES, ecg_quality, inspect_ecg, read_ecg, write_wfdb
 from ecgflowcmr.data.formats import sniff
 from ecgflowcmr.errors import InputError
@@ -347,7 +348,7 @@ def test_wfdb_reader_matches_rdrecord(tmp_path, clean, fmt):
                 write_dir=str(tmp_path))  # fmt: skip
     rec = wfdb.rdrecord(str(tmp_path / "r"))
     expected = rec.p_signal.T * np.array([1e-3] * 6 + [1.0] * 6)[:, None]
-    decoded = ecg_mod._decode_wfdb(tmp_path / "r")
+    decoded = ecg_decoders._decode_wfdb(tmp_path / "r")
     np.testing.assert_array_equal(np.isnan(decoded.signal), np.isnan(expected))
     np.testing.assert_allclose(decoded.signal, expected, rtol=1e-12, equal_nan=True)
     assert decoded.names == list(LEADS) and decoded.fs == 500
