@@ -298,15 +298,17 @@ def test_stage_encodes_caches_finalizes_and_loads(synthetic_store: Path, tmp_pat
     args = (synthetic_store, run, upstream["pamae"], upstream["vae"], 3, torch.device("cpu"))
     encoded = flow_stage.encoded_splits(*args)
     assert set(encoded) == {"train", "val", "test"}
-    assert encoded["train"]["z1"].shape == (8 - 3, 2, 50, 12, 12)  # batches of 3: 3 first items invalid
-    assert encoded["train"]["cond"].shape == (5, 50, 8)
-    assert encoded["train"]["index"].tolist() == [1, 2, 4, 5, 7]
+    assert encoded["train"].z1_shape == (8 - 3, 2, 50, 12, 12)  # batches of 3: 3 first items invalid
+    assert encoded["train"].cond_shape == (5, 50, 8) and len(encoded["train"]) == 5
+    assert encoded["train"].index.tolist() == [1, 2, 4, 5, 7]
     assert len(upstream["loads"]) == 1
     again = flow_stage.encoded_splits(*args)  # reused from run/cache, the networks are not even loaded
-    assert len(upstream["loads"]) == 1 and torch.equal(again["val"]["cond"], encoded["val"]["cond"])
+    assert len(upstream["loads"]) == 1
+    assert torch.equal(again["val"].tensors()["cond"], encoded["val"].tensors()["cond"])
 
     cfg = flow_stage.RunConfig(model=FlowConfig(dit=DiTConfig(width=16, depth=2, heads=2), sample_steps=2))
-    model_cfg = flow_stage.fit_to_upstream(cfg.model, encoded["train"]["z1"], encoded["train"]["cond"])
+    first = encoded["train"][0]
+    model_cfg = flow_stage.fit_to_upstream(cfg.model, first["z1"][None], first["cond"][None])
     assert (model_cfg.dit.latent_channels, model_cfg.dit.cond_dim, model_cfg.dit.width) == (2, 8, 16)
     model = FlowMatching(model_cfg, flow_stage.read_template(upstream["vae"]))
     metrics = flow_stage.evaluate(model, cfg, run)  # finalize = this + the bundle (tests/test_pipeline.py)
@@ -321,7 +323,7 @@ def test_stage_encodes_caches_finalizes_and_loads(synthetic_store: Path, tmp_pat
     loaded = flow_stage.load(run)
     assert loaded.config == model.config and not loaded.training
     assert torch.equal(loaded.template, model.template)
-    cond = encoded["test"]["cond"][:2]
+    cond = encoded["test"].tensors()["cond"][:2]
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     assert torch.equal(sample(loaded, cond, steps=2, generator=g()), sample(model, cond, steps=2, generator=g()))
 
@@ -365,5 +367,109 @@ def test_stage_trains_end_to_end_with_the_engine(synthetic_store: Path, tmp_path
     assert metrics["flow_latent_mse"]["value"] >= 0
     flow = flow_stage.load(run)
     assert flow.config.sample_steps == 2 and flow.config.dit.cond_dim == 8 and flow.config.dit.patch == 3
-    assert (run / "cache" / "train-0of1.safetensors").exists() and (run / "upstream.json").exists()
+    assert (run / "cache" / "train-0of1" / "z1.npy").exists() and (run / "upstream.json").exists()
     assert (run / "bundle" / "bundle.json").exists() and (run / "bundle" / "flow" / "model.safetensors").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# The latent cache: memory-mapped, written once, joined in item order
+# --------------------------------------------------------------------------------------------------
+
+
+def stub_encoding(store: Path, split: str, items: list[int]) -> dict[str, Tensor]:
+    """What the stubs give for these store items, computed item by item in memory (the reference)."""
+    from ecgflowcmr.data.store import StoreDataset
+
+    dataset = StoreDataset(store, split, fields=("ecg", "cine"))
+    batch = torch.utils.data.default_collate([dataset[i] for i in items])
+    return {"z1": StubVAE().encode_latent(batch["cine"]), "cond": StubPAMAE().encode_aligned(batch["ecg"]).tokens}
+
+
+def test_latent_pairs_map_the_cache_and_pickle_without_it(synthetic_store: Path, tmp_path: Path,
+                                                          upstream: dict) -> None:
+    import pickle
+
+    import numpy as np
+
+    from ecgflowcmr.training.stages import flow as flow_stage
+
+    encoded = flow_stage.encoded_splits(synthetic_store, tmp_path, upstream["pamae"], upstream["vae"], 3,
+                                        torch.device("cpu"))
+    train = encoded["train"]
+    item = train[1]
+    expected = stub_encoding(synthetic_store, "train", [2])
+    torch.testing.assert_close(item["z1"], expected["z1"][0], rtol=0, atol=0)
+    torch.testing.assert_close(item["cond"], expected["cond"][0], rtol=0, atol=0)
+    assert all(isinstance(a, np.memmap) for shard in train.arrays for a in shard.values())
+    item["z1"].add_(1.0)  # an item is a copy: neither the map nor the file change
+    assert torch.equal(train[1]["z1"], expected["z1"][0])
+    assert not any(isinstance(v, Tensor) and v.numel() > len(train) for v in vars(train).values())
+    z1_bytes = int(np.prod(train.z1_shape)) * 4
+    blob = pickle.dumps(train)  # what a DataLoader worker receives under spawn
+    assert len(blob) < z1_bytes / 10
+    copy = pickle.loads(blob)
+    assert copy._arrays is None and torch.equal(copy[4]["cond"], train[4]["cond"])
+    on_disk = np.load(tmp_path / "cache" / "train-0of1" / "z1.npy")
+    assert on_disk.shape == (5, 2, 50, 12, 12) and on_disk.dtype == np.float32
+
+
+def test_cache_is_reused_unchanged_and_rebuilt_when_stale(synthetic_store: Path, tmp_path: Path,
+                                                          upstream: dict) -> None:
+    import json
+    import os
+
+    from ecgflowcmr.training.stages import flow as flow_stage
+
+    args = (synthetic_store, tmp_path, upstream["pamae"], upstream["vae"], 3, torch.device("cpu"))
+    flow_stage.encoded_splits(*args)
+    cache = tmp_path / "cache"
+    snapshot = lambda: {p.relative_to(cache): (p.read_bytes(), p.stat().st_mtime_ns)  # noqa: E731
+                        for p in sorted(cache.rglob("*")) if p.is_file()}
+    first = snapshot()
+    assert sorted(p.name for p in cache.iterdir()) == ["test-0of1", "train-0of1", "val-0of1"]  # no temp left
+    meta = json.loads((cache / "train-0of1" / "meta.json").read_text())
+    assert meta["dropped_invalid_ecg"] == "3" and meta["items"] == "5" and meta["version"] == flow_stage.CACHE_VERSION
+    flow_stage.encoded_splits(*args)
+    assert snapshot() == first and len(upstream["loads"]) == 1  # not rewritten, networks not loaded
+
+    stat = (upstream["vae"] / "model.safetensors").stat()  # a retrained VAE: the cache is stale
+    os.utime(upstream["vae"] / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    again = flow_stage.encoded_splits(*args)
+    assert len(upstream["loads"]) == 2
+    assert all(first[name][1] != mtime for name, (_, mtime) in snapshot().items() if name.suffix == ".npy")
+    assert again["train"].index.tolist() == [1, 2, 4, 5, 7]
+
+
+def test_shards_join_in_item_order_and_train_like_tensors_in_memory(synthetic_store: Path, tmp_path: Path) -> None:
+    from ecgflowcmr.training.stages import flow as flow_stage
+
+    for rank in (1, 0):  # two ranks of items 0..7 in batches of 3: 0, 6 and 1, 7 open a batch (invalid)
+        out = flow_stage._shard_path(tmp_path, "train", rank, 2)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        dropped = flow_stage.encode_split(synthetic_store, "train", StubPAMAE(), StubVAE(), 3, torch.device("cpu"),
+                                          out, {"version": flow_stage.CACHE_VERSION}, rank, 2)
+        assert dropped == 2
+    pairs = flow_stage.open_encoded_split(tmp_path, "train")
+    assert pairs is not None and pairs.index.tolist() == [2, 3, 4, 5] and len(pairs.folders) == 2
+    reference = stub_encoding(synthetic_store, "train", [2, 3, 4, 5])
+    loaded = flow_stage.read_encoded_split(tmp_path, "train", world=2)
+    assert torch.equal(loaded["z1"], reference["z1"]) and torch.equal(loaded["cond"], reference["cond"])
+
+    def losses(dataset: torch.utils.data.Dataset) -> list[float]:
+        torch.manual_seed(1)
+        dit = dataclasses.replace(SMALL, latent_channels=2, frames=50, latent_size=12, cond_dim=8, patch=4)
+        flow = FlowMatching(FlowConfig(dit=dit, cond_dropout=0.0), torch.full((2, 50, 12, 12), 0.1))
+        opt = torch.optim.AdamW(flow.parameters(), lr=1e-3)
+        torch.manual_seed(0)
+        out = []
+        for batch in torch.utils.data.DataLoader(dataset, batch_size=2, shuffle=True):
+            loss, _ = flow(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+        return out
+
+    in_memory = [{"z1": z1, "cond": c} for z1, c in zip(reference["z1"], reference["cond"], strict=True)]
+    mapped, expected = losses(pairs), losses(in_memory)
+    assert len(mapped) == 2 and mapped == pytest.approx(expected, abs=1e-6, rel=0)

@@ -1,26 +1,30 @@
 """Training stage ``flow``: the AMDF DiT on (VAE latent, aligned PA-MAE ECG tokens) pairs (paper §2.2).
 
 The PA-MAE and the VAE are frozen and stay outside the trained module: ``build`` encodes every paired
-split once (batched, no_grad) into ``run_dir/cache/<split>-<rank>of<world>.safetensors`` — z1 (N, C, 50,
-12, 12), cond (N, 50, D), index (N,) — reused on resume while the store and both upstream runs are unchanged. Items whose ECG
-yields no valid aligned cycle (``AlignedECG.valid`` False) are left out and counted in the cache metadata.
+split once (batched, no_grad) into the folder ``run_dir/cache/<split>-<rank>of<world>/`` — ``z1.npy``
+float32 (n, C, 50, 12, 12), ``cond.npy`` float32 (n, 50, D), ``index.npy`` int64 (n,), ``meta.json`` —
+reused on resume while the store and both upstream runs are unchanged, and read memory-mapped (at UK
+Biobank scale the arrays are ~8 GB: no process holds them). Plain .npy rather than safetensors because a
+.npy can be written batch by batch and mapped by any process. Items whose ECG yields no valid aligned cycle
+(``AlignedECG.valid`` False) are left out and counted in meta.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ecgflowcmr.atomic import atomic_file, write_text_atomic
+from ecgflowcmr.atomic import atomic_dir, write_text_atomic
 from ecgflowcmr.config import from_dict
 from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
@@ -30,7 +34,7 @@ from ecgflowcmr.training.config import TrainConfig
 if TYPE_CHECKING:
     from ecgflowcmr.training.loop import Setup
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 SPLITS = ("train", "val", "test")
 
 
@@ -58,21 +62,110 @@ class RunConfig:
 
 
 class LatentPairs(Dataset):
-    """Item i: {"z1": (C, 50, H', W') float32, "cond": (50, D) float32}."""
+    """Item i: {"z1": (C, 50, H', W') float32, "cond": (50, D) float32}, the i-th encoded item in store order.
 
-    def __init__(self, z1: Tensor, cond: Tensor):
-        self.z1, self.cond = z1, cond
+    Reads cache shards ``folder/{z1,cond,index}.npy`` memory-mapped, joined in item order through a small
+    (shard, row) table: a process holds only the rows its batches touch, and the pages are shared with every
+    other process reading the same files (DDP ranks, DataLoader workers). The maps are never pickled: each
+    worker opens its own.
+    """
+
+    def __init__(self, folders: Sequence[Path]):
+        self.folders = [Path(f) for f in folders]
+        indices = [np.load(f / "index.npy") for f in self.folders]  # (n_s,) int64 each: small
+        where = np.concatenate([np.stack([np.full(len(ix), s), np.arange(len(ix))], axis=1)
+                                for s, ix in enumerate(indices)])  # (N, 2) shard and row
+        index = np.concatenate(indices)
+        order = np.argsort(index, kind="stable")
+        self.index = torch.from_numpy(index[order])  # (N,) the store item at each position
+        self._where = where[order]
+        self._arrays: list[dict[str, np.ndarray]] | None = None
+        row_shapes = set()
+        for folder, arrays, ix in zip(self.folders, self.arrays, indices, strict=True):
+            if len(ix) == 0:  # a shard whose every ECG was invalid holds 1-D empty arrays
+                continue
+            if not len(arrays["z1"]) == len(arrays["cond"]) == len(ix):
+                raise InputError(folder, "z1.npy, cond.npy and index.npy differ in length (a damaged cache)")
+            row_shapes.add((arrays["z1"].shape[1:], arrays["cond"].shape[1:]))
+        if len(row_shapes) > 1:
+            raise InputError(self.folders[0].parent, f"cache shards differ in shape: {sorted(row_shapes)}")
+        z1_row, cond_row = row_shapes.pop() if row_shapes else ((), ())
+        self.z1_shape = (len(self), *z1_row)  # (N, C, 50, H', W')
+        self.cond_shape = (len(self), *cond_row)  # (N, 50, D)
+
+    @property
+    def arrays(self) -> list[dict[str, np.ndarray]]:
+        """Per shard {"z1", "cond"} memory-mapped (opened on first use in each process)."""
+        if self._arrays is None:
+            self._arrays = [{name: np.load(f / f"{name}.npy", mmap_mode="r") for name in ("z1", "cond")}
+                            for f in self.folders]
+        return self._arrays
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None}  # a pickled memmap would carry its whole array
 
     def __len__(self) -> int:
-        return self.z1.shape[0]
+        return len(self._where)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {"z1": self.z1[index], "cond": self.cond[index]}
+        shard, row = self._where[index]
+        arrays = self.arrays[shard]
+        return {"z1": torch.from_numpy(np.array(arrays["z1"][row])),  # copied out of the map
+                "cond": torch.from_numpy(np.array(arrays["cond"][row]))}
+
+    def tensors(self, n: int | None = None) -> dict[str, Tensor]:
+        """The first n (default all N) items in memory: {"z1": (n, C, 50, H', W'), "cond": (n, 50, D), "index": (n,)}."""
+        n = len(self) if n is None else min(n, len(self))
+        out = {"z1": torch.empty(n, *self.z1_shape[1:]), "cond": torch.empty(n, *self.cond_shape[1:]),
+               "index": self.index[:n].clone()}
+        for i in range(n):
+            item = self[i]
+            out["z1"][i], out["cond"][i] = item["z1"], item["cond"]
+        return out
 
 
 # --------------------------------------------------------------------------------------------------
 # Encoding the store once with the frozen networks
 # --------------------------------------------------------------------------------------------------
+
+
+class NpyAppender:
+    """A .npy file written batch by batch: rows appended, the row count put into the header by ``finish``.
+
+    numpy pads every .npy header so that the first dimension can grow in place (``GROWTH_AXIS_MAX_DIGITS``
+    in numpy/lib/format.py): the header for 0 rows and the one for the final count have the same length.
+    """
+
+    def __init__(self, path: Path, dtype: np.dtype | type):
+        self.path, self.dtype, self.rows = Path(path), np.dtype(dtype), 0
+        self.row_shape: tuple[int, ...] | None = None
+
+    def _write_header(self, file: BinaryIO) -> int:
+        file.seek(0)
+        np.lib.format.write_array_header_1_0(file, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                    "fortran_order": False, "shape": (self.rows, *self.row_shape)})
+        return file.tell()
+
+    def append(self, rows: np.ndarray) -> None:
+        """rows: (b, *row_shape); every call must have the same row shape."""
+        if self.row_shape is None:
+            self.row_shape = tuple(rows.shape[1:])
+            with open(self.path, "wb") as file:
+                self.data_start = self._write_header(file)
+        if tuple(rows.shape[1:]) != self.row_shape:
+            raise ValueError(f"{self.path}: rows of shape {tuple(rows.shape[1:])} after {self.row_shape}")
+        with open(self.path, "ab") as file:
+            file.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+        self.rows += len(rows)
+
+    def finish(self) -> None:
+        """Finish the file (an empty 1-D array if no row was appended)."""
+        if self.row_shape is None:
+            np.save(self.path, np.zeros(0, self.dtype))
+            return
+        with open(self.path, "r+b") as file:
+            if self._write_header(file) != self.data_start:
+                raise RuntimeError(f"{self.path}: the .npy header changed length")
 
 
 def _fingerprint(path: Path) -> str:
@@ -86,39 +179,52 @@ def _cache_key(data: Path, split: str, pamae: Path, vae: Path) -> dict[str, str]
             "vae": _fingerprint(Path(vae) / "model.safetensors")}
 
 
-def _cache_is_current(path: Path, key: dict[str, str]) -> bool:
-    if not path.exists():
-        return False
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    return all(meta.get(k) == v for k, v in key.items())
+def _read_cache_meta(folder: Path) -> dict[str, str] | None:
+    path = Path(folder) / "meta.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _cache_is_current(folder: Path, key: dict[str, str]) -> bool:
+    meta = _read_cache_meta(folder)
+    return meta is not None and all(meta.get(k) == v for k, v in key.items())
 
 
 def _shard_path(run_dir: Path, split: str, rank: int, world: int) -> Path:
-    return Path(run_dir) / "cache" / f"{split}-{rank}of{world}.safetensors"
+    return Path(run_dir) / "cache" / f"{split}-{rank}of{world}"
 
 
 @torch.no_grad()
 def encode_split(data: Path, split: str, pamae_net: nn.Module, vae_net: nn.Module, batch_size: int,
-                 device: torch.device, rank: int = 0, world: int = 1) -> tuple[dict[str, Tensor], int]:
-    """Items rank, rank + world, … of a split → ({"z1", "cond", "index"}, items dropped as invalid ECG)."""
+                 device: torch.device, out: Path, key: dict[str, str], rank: int = 0, world: int = 1) -> int:
+    """Items rank, rank + world, … of a split → the cache shard folder ``out``; returns the items dropped.
+
+    ``out``: z1.npy float32 (n, C, 50, H', W'), cond.npy float32 (n, 50, D), index.npy int64 (n,), written
+    batch by batch (nothing accumulates in memory), and meta.json (``key`` + the count of items left out
+    because their ECG has no valid aligned cycle). The folder appears whole or not at all.
+    """
     from ecgflowcmr.data.store import StoreDataset
 
     dataset = StoreDataset(data, split, fields=("ecg", "cine"))
     loader = DataLoader(Subset(dataset, range(rank, len(dataset), world)), batch_size=batch_size)
-    z1s, conds, indices, dropped = [torch.zeros(0)], [torch.zeros(0)], [torch.zeros(0, dtype=torch.int64)], 0
-    for batch in loader:
-        aligned = pamae_net.encode_aligned(batch["ecg"].to(device))
-        keep = aligned.valid.bool().cpu()
-        dropped += int((~keep).sum())
-        if not keep.any():
-            continue
-        z = vae_net.encode_latent(batch["cine"][keep].to(device))  # (b, C, 50, H', W')
-        z1s.append(z.float().cpu())
-        conds.append(aligned.tokens[keep.to(aligned.tokens.device)].float().cpu())  # (b, 50, D)
-        indices.append(batch["index"][keep])
-    join = lambda parts: torch.cat(parts[1:]) if len(parts) > 1 else parts[0]  # noqa: E731
-    return {"z1": join(z1s), "cond": join(conds), "index": join(indices)}, dropped
+    dropped = 0
+    with atomic_dir(out) as tmp:
+        files = {name: NpyAppender(tmp / f"{name}.npy", dtype)
+                 for name, dtype in (("z1", np.float32), ("cond", np.float32), ("index", np.int64))}
+        for batch in loader:
+            aligned = pamae_net.encode_aligned(batch["ecg"].to(device))
+            keep = aligned.valid.bool().cpu()
+            dropped += int((~keep).sum())
+            if not keep.any():
+                continue
+            z = vae_net.encode_latent(batch["cine"][keep].to(device))  # (b, C, 50, H', W')
+            files["z1"].append(z.float().cpu().numpy())
+            files["cond"].append(aligned.tokens[keep.to(aligned.tokens.device)].float().cpu().numpy())  # (b, 50, D)
+            files["index"].append(batch["index"][keep].numpy())
+        for file in files.values():
+            file.finish()
+        (tmp / "meta.json").write_text(json.dumps({**key, "dropped_invalid_ecg": str(dropped),
+                                                    "items": str(files["index"].rows)}, indent=2))
+    return dropped
 
 
 def load_frozen(pamae: Path, vae: Path, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -132,34 +238,39 @@ def load_frozen(pamae: Path, vae: Path, device: torch.device) -> tuple[nn.Module
     return nets
 
 
-def read_encoded_split(run_dir: Path, split: str, world: int | None = None) -> dict[str, Tensor] | None:
-    """The cached {"z1", "cond", "index"} of a split (its shards joined in item order); None if absent.
+def open_encoded_split(run_dir: Path, split: str, world: int | None = None) -> LatentPairs | None:
+    """The cached split as a memory-mapped :class:`LatentPairs` (shards joined in item order); None if
+    absent or empty.
 
     ``world``: the number of shards; None = that of the most recently written shard set.
     """
     if world is None:
-        firsts = sorted((Path(run_dir) / "cache").glob(f"{split}-0of*.safetensors"), key=lambda p: p.stat().st_mtime)
+        firsts = [p for p in (Path(run_dir) / "cache").glob(f"{split}-0of*") if (p / "meta.json").exists()]
         if not firsts:
             return None
-        world = int(firsts[-1].stem.rsplit("of", 1)[1])
-    paths = [_shard_path(run_dir, split, r, world) for r in range(world)]
-    if not all(p.exists() for p in paths):
+        world = int(max(firsts, key=lambda p: (p / "meta.json").stat().st_mtime_ns).name.rsplit("of", 1)[1])
+    folders = [_shard_path(run_dir, split, r, world) for r in range(world)]
+    if any(_read_cache_meta(f) is None for f in folders):
         return None
-    shards = [load_file(str(p)) for p in paths]
-    shards = [s for s in shards if s["index"].numel()]
-    if not shards:
-        return None
-    joined = {k: torch.cat([s[k] for s in shards]) for k in ("z1", "cond", "index")}
-    order = joined["index"].argsort()
-    return {k: v[order] for k, v in joined.items()}
+    pairs = LatentPairs(folders)
+    return pairs if len(pairs) else None
+
+
+def read_encoded_split(run_dir: Path, split: str, world: int | None = None) -> dict[str, Tensor] | None:
+    """The cached {"z1", "cond", "index"} of a split in memory (shards joined in item order); None if absent.
+
+    For evaluation; training reads the cache memory-mapped (:func:`open_encoded_split`).
+    """
+    pairs = open_encoded_split(run_dir, split, world)
+    return None if pairs is None else pairs.tensors()
 
 
 def encoded_splits(data: Path, run_dir: Path, pamae: Path, vae: Path, batch_size: int,
-                   device: torch.device) -> dict[str, dict[str, Tensor]]:
-    """{split: {"z1", "cond", "index"}} for the paired splits of the store, from or into run_dir/cache.
+                   device: torch.device) -> dict[str, LatentPairs]:
+    """{split: LatentPairs} for the paired splits of the store, from or into run_dir/cache.
 
-    Under torchrun each process encodes its share (items rank::world) into its own shard file, then all
-    wait for each other and read every shard; a shard is reused while store and upstream runs are unchanged.
+    Under torchrun each process encodes its share (items rank::world) into its own shard folder, then all
+    wait for each other and map every shard; a shard is reused while store and upstream runs are unchanged.
     """
     from ecgflowcmr.data.store import read_store_meta
     from ecgflowcmr.training import distributed
@@ -173,14 +284,12 @@ def encoded_splits(data: Path, run_dir: Path, pamae: Path, vae: Path, batch_size
         if not _cache_is_current(path, key):
             if nets is None:
                 nets = load_frozen(pamae, vae, device)
-            tensors, dropped = encode_split(data, split, *nets, batch_size, device, rank, world)
             path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_file(path) as tmp:
-                save_file(tensors, str(tmp), metadata={**key, "dropped_invalid_ecg": str(dropped)})
+            encode_split(data, split, *nets, batch_size, device, path, key, rank, world)
     distributed.barrier()
     out = {}
     for split in present:
-        encoded = read_encoded_split(run_dir, split, world)
+        encoded = open_encoded_split(run_dir, split, world)
         if encoded is None:
             raise InputError(Path(data) / split, "no item with a valid ECG alignment (see PA-MAE's AlignedECG.valid)")
         out[split] = encoded
@@ -227,14 +336,13 @@ def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = Non
     if "train" not in encoded:
         raise InputError(data, "has no paired train split")
     train = encoded["train"]
-    config = fit_to_upstream(cfg.model, train["z1"], train["cond"])
+    first = train[0]
+    config = fit_to_upstream(cfg.model, first["z1"][None], first["cond"][None])
     template = read_template(Path(vae)) if config.use_template else None
     model = FlowMatching(config, template)
     write_text_atomic(Path(run_dir) / "upstream.json",
                       json.dumps({"pamae": str(Path(pamae).resolve()), "vae": str(Path(vae).resolve())}, indent=2))
-    val = encoded.get("val")
-    return Setup(model=model, train_set=LatentPairs(train["z1"], train["cond"]),
-                 val_set=LatentPairs(val["z1"], val["cond"]) if val is not None else None)
+    return Setup(model=model, train_set=train, val_set=encoded.get("val"))
 
 
 def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dict[str, Any]:
@@ -253,11 +361,12 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
 @torch.no_grad()
 def evaluate(model: nn.Module, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Sample test latents with the config's sampling defaults; latent MSEs against the real latents."""
-    test = read_encoded_split(run_dir, "test")
-    if test is None:
+    pairs = open_encoded_split(run_dir, "test")
+    if pairs is None:
         return {"flow_test_items": {"value": 0, "definition": "no paired test item with a valid ECG alignment"}}
-    n = test["z1"].shape[0] if cfg.stage.eval_items == 0 else min(cfg.stage.eval_items, test["z1"].shape[0])
-    z1, cond = test["z1"][:n], test["cond"][:n]
+    n = len(pairs) if cfg.stage.eval_items == 0 else min(cfg.stage.eval_items, len(pairs))
+    test = pairs.tensors(n)  # only the items evaluated are read into memory
+    z1, cond = test["z1"], test["cond"]
     config: FlowConfig = model.config
     device = model.template.device
     model.eval()
