@@ -5,7 +5,11 @@ weights) at batch 1 and larger batches: seconds per video split into ECG encodin
 FLOPs per video; achieved GFLOP/s against the machine's measured matmul throughput. Beside it, the public
 code's configuration at the same shapes (DESIGN.md §8: one token per latent voxel, 20 network passes).
 
-Usage: python benchmarks/generate.py [--presets tiny paper] [--batches 1 2 4 8] [--device cpu|cuda] [--bf16]
+A preset may carry overrides of its stage configs after a colon, comma-separated, each ``stage.key=value``
+(stage: pamae, vae or flow, keys as ``--set`` of ``ecgflowcmr train``); e.g. the cheaper variants of the
+paper preset: ``paper:vae.model.factorise_time=true,flow.model.dit.attention=alternating,flow.model.sample_steps=3``.
+
+Usage: python benchmarks/generate.py [--presets tiny paper SPEC ...] [--batches 1 2 4 8] [--device cpu|cuda] [--bf16]
 """
 
 from __future__ import annotations
@@ -35,10 +39,23 @@ def phantom_ecgs(n: int) -> np.ndarray:
     return np.stack([simulate_subject(i, 0, PhantomConfig(), with_cine=False).ecg.signal for i in range(n)])
 
 
-def build(preset: str, device: torch.device) -> Pipeline:
-    pamae = PAMAE(load_config(pamae_stage.RunConfig, "pamae", preset).model).to(device).eval()
-    vae = VideoVAE(load_config(vae_stage.RunConfig, "vae", preset).model).to(device).eval()
-    flow_cfg = load_config(flow_stage.RunConfig, "flow", preset).model
+def stage_sets(spec: str) -> tuple[str, dict[str, list[str]]]:
+    """"paper:vae.model.x=1,flow.model.y=2" → ("paper", {"pamae": [], "vae": ["model.x=1"], "flow": ["model.y=2"]})."""
+    preset, _, rest = spec.partition(":")
+    sets: dict[str, list[str]] = {"pamae": [], "vae": [], "flow": []}
+    for item in filter(None, rest.split(",")):
+        stage, _, key = item.partition(".")
+        if stage not in sets:
+            raise SystemExit(f"{spec}: override {item!r} must start with pamae., vae. or flow.")
+        sets[stage].append(key)
+    return preset, sets
+
+
+def build(spec: str, device: torch.device) -> Pipeline:
+    preset, sets = stage_sets(spec)
+    pamae = PAMAE(load_config(pamae_stage.RunConfig, "pamae", preset, sets["pamae"]).model).to(device).eval()
+    vae = VideoVAE(load_config(vae_stage.RunConfig, "vae", preset, sets["vae"]).model).to(device).eval()
+    flow_cfg = load_config(flow_stage.RunConfig, "flow", preset, sets["flow"]).model
     with torch.no_grad():
         tokens = pamae.encode_aligned(torch.from_numpy(phantom_ecgs(1)).float().to(device)).tokens
     z1 = torch.zeros(1, *vae.config.latent_shape)
@@ -49,6 +66,7 @@ def build(preset: str, device: torch.device) -> Pipeline:
 
 def bench(preset: str, batches: list[int], device: torch.device, bf16: bool, peak: float) -> list[tuple]:
     pipe = build(preset, device)
+    big = preset.startswith("paper")
     ecgs = torch.from_numpy(phantom_ecgs(max(batches))).float()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
                 else contextlib.nullcontext())
@@ -61,7 +79,7 @@ def bench(preset: str, batches: list[int], device: torch.device, bf16: bool, pea
             pipe.generate_batch(x)  # warm-up
             sync(device)
             pipe.timings = type(pipe.timings)()
-            total = timed(lambda x=x: pipe.generate_batch(x), device, repeats=1 if preset == "paper" else 3, warmup=0)
+            total = timed(lambda x=x: pipe.generate_batch(x), device, repeats=1 if big else 3, warmup=0)
         t = pipe.timings
         n = max(t.videos, 1)
         per_video = total / batch
@@ -82,7 +100,8 @@ def main() -> None:
     peak = matmul_gflops(device, dtype=torch.bfloat16 if args.bf16 and device.type == "cuda" else torch.float32)
     rows = []
     for preset in args.presets:
-        rows += bench(preset, args.paper_batches if preset == "paper" else args.batches, device, args.bf16, peak)
+        rows += bench(preset, args.paper_batches if preset.startswith("paper") else args.batches, device, args.bf16,
+                      peak)
     print(f"\nend-to-end generation on {device} ({torch.get_num_threads()} threads); measured matmul peak "
           f"{peak:.1f} GFLOP/s\n")
     head = ("preset", "batch", "s/video", "encode", "sample", "decode", "GFLOP/video", "GFLOP/s", "% peak", "steps")
