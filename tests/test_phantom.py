@@ -55,6 +55,22 @@ def test_same_seed_same_bytes_any_workers_any_n(cohort: Path, tmp_path: Path) ->
     assert _files(other.parent)["ecg/PH000000.dat"] != big_files["ecg/PH000000.dat"]
 
 
+def test_a_smaller_cohort_over_a_larger_one_leaves_only_its_own_files(tmp_path: Path) -> None:
+    """Rewriting a folder with a smaller --n deletes the extra subjects' files, and nothing that is not ours."""
+    out = tmp_path / "cohort"
+    make_cohort(out, n=4, seed=3)
+    (out / "ecg" / "notes.txt").write_text("mine")
+    (out / "cmr" / "PH000003_seg.nii.gz").write_bytes(b"not a phantom name")
+    make_cohort(out, n=2, seed=3)
+    rows = _rows(out / "manifest.csv")
+    expected = {"manifest.csv", "ecg/notes.txt", "cmr/PH000003_seg.nii.gz"}
+    for r in rows:
+        sid = r["subject_id"]
+        expected |= {f"ecg/{sid}.hea", f"ecg/{sid}.dat"} | ({r["cmr_path"], r["mask_path"]} if r["cmr_path"] else set())
+    assert [r["subject_id"] for r in rows] == ["PH000000", "PH000001"]
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == expected
+
+
 # ------------------------------------------------------------------------------------------- formats
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,10 @@ class Subject:
 
 def subject_id(index: int) -> str:
     return f"PH{index:06d}"
+
+
+SUBJECT_FILE = re.compile(r"(PH\d{6})(_mask)?\.(hea|dat|nii\.gz)")
+"""The names ``write_subject`` gives its files: the only files ``remove_stale`` may delete."""
 
 
 def simulate_subject(index: int, seed: int, cfg: PhantomConfig, with_cine: bool | None = None) -> Subject:
@@ -164,7 +169,8 @@ def make_cohort(out: str | Path, n: int, seed: int = 0, config: str | Path | Pha
     """Simulate ``n`` subjects into ``out`` (WFDB ECGs, NIfTI cines + masks, manifest.csv); return the manifest.
 
     Same ``seed`` → identical bytes, with any ``workers``. The manifest is written last, atomically: a
-    cohort folder without one is incomplete.
+    cohort folder without one is incomplete. Subject files of an earlier, larger cohort in ``out`` are
+    deleted after the new manifest is in place, so the folder holds exactly the cohort its manifest lists.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError("--n", f"expected a positive number of subjects, got {n!r}")
@@ -199,4 +205,20 @@ def make_cohort(out: str | Path, n: int, seed: int = 0, config: str | Path | Pha
     manifest = out / "manifest.csv"
     with atomic_file(manifest) as tmp:
         tmp.write_text(buffer.getvalue())
+    remove_stale(out, {row["subject_id"] for row in rows})
     return manifest
+
+
+def remove_stale(out: Path, keep: set[str]) -> int:
+    """Delete the phantom subject files in ``out/ecg`` and ``out/cmr`` whose subject is not in ``keep``.
+
+    Only names ``write_subject`` writes (``SUBJECT_FILE``) are touched, never other files. Returns the count.
+    """
+    removed = 0
+    for folder in (out / "ecg", out / "cmr"):
+        for path in folder.iterdir():
+            match = SUBJECT_FILE.fullmatch(path.name)
+            if match and match.group(1) not in keep:
+                path.unlink()
+                removed += 1
+    return removed
