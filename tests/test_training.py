@@ -214,6 +214,17 @@ def test_run_folder_contents(tmp_path):
     assert min(r["loss"] for r in val_lines) == summary["training"]["best_val_loss"]
 
 
+def test_initial_weights_come_from_the_seed_not_from_earlier_random_draws(tmp_path):
+    """Two runs in one process, random numbers drawn between them: the same weights; another seed: others."""
+    a = run_toy(tmp_path / "a", "train.steps=1")
+    torch.rand(1000)
+    b = run_toy(tmp_path / "b", "train.steps=1")
+    c = run_toy(tmp_path / "c", "train.steps=1", "train.seed=1")
+    wa, wb, wc = (load_file(run / "model.safetensors") for run in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
 def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path):
     # dropout + load-time augmentation + a DataLoader worker + grad accumulation; the stop (step 5) falls
     # mid-epoch (24 items / (4·2) = 3 steps per epoch) and the first session runs in another process.

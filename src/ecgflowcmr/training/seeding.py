@@ -32,6 +32,8 @@ class Purpose(IntEnum):
     STEP = 2
     VAL = 3
     VAL_ITEM = 4
+    INIT = 5
+    """The model's initial weights (drawn in the stage's ``build``)."""
 
 
 def derive_seed(seed: int, purpose: Purpose, a: int = 0, b: int = 0, c: int = 0) -> int:

@@ -22,6 +22,7 @@ from ecgflowcmr.atomic import write_text_atomic
 from ecgflowcmr.config import dump_yaml, load_config
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.training import distributed as dist
+from ecgflowcmr.training import seeding
 from ecgflowcmr.training.checkpoint import load_weights
 from ecgflowcmr.training.loop import fit
 
@@ -60,6 +61,8 @@ def run_stage(module: ModuleType, stage: str, data: Path, out: Path, *, config: 
             write_text_atomic(out / "config.yaml", dump_yaml(cfg))
         dist.barrier()
         start = time.time()
+        # initial weights from the config's seed, not from whatever drew random numbers before in this process
+        seeding.seed_everything(seeding.derive_seed(cfg.train.seed, seeding.Purpose.INIT))
         setup = module.build(cfg, data, out, pamae=pamae, vae=vae)
         result = fit(setup, cfg.train, out, resume=resume, run_config=cfg)
         if dist.is_main():
