@@ -358,12 +358,29 @@ class VideoVAE(nn.Module):
                 parts["gen_adv"] = adversarial.detach()
         return loss, parts
 
+    def training_state(self) -> dict:
+        """What training keeps outside the parameters, for the engine's checkpoints: the forward-pass count
+        and, with the GAN option, the discriminator and its optimizer."""
+        state: dict = {"train_calls": self._train_calls}
+        if self._disc is not None:
+            state["disc"], state["disc_optimizer"] = self._disc[0].state_dict(), self._disc[1].state_dict()
+        return state
+
+    def load_training_state(self, state: dict) -> None:
+        """Inverse of ``training_state`` (a resumed run continues the discriminator, not a fresh one)."""
+        self._train_calls = int(state["train_calls"])
+        if self._disc is not None:
+            if "disc" not in state:
+                raise KeyError("the checkpoint has no discriminator state (gan_weight was 0 when it was written)")
+            self._disc[0].load_state_dict(state["disc"])
+            self._disc[1].load_state_dict(state["disc_optimizer"])
+
     def adversarial_step(self, x: Tensor, x_hat: Tensor) -> tuple[Tensor, float]:
         """One hinge-loss discriminator update (its own Adam), then the generator term ``−mean D(x̂)``.
 
-        The discriminator lives outside the Module tree, so the engine's optimizer, EMA, export and
-        checkpoints never see it: a resumed run restarts it from scratch. Under torch.distributed its
-        gradients are averaged over ranks here.
+        The discriminator lives outside the Module tree, so the engine's optimizer, EMA and export never see
+        it; checkpoints carry it through ``training_state``. Under torch.distributed its gradients are
+        averaged over ranks here.
         """
         disc, opt = self._disc
         disc.to(x.device).train()

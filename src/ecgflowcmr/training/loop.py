@@ -223,6 +223,8 @@ def fit(setup: Setup, cfg: TrainConfig, run_dir: str | Path, *, resume: str | Pa
         state = {"step": step, "epoch": stream.epoch, "batch": stream.batch, "best_val_loss": best_val,
                  "time": now(), "config": config_yaml, "model": model.state_dict(), "ema": ema.state_dict(),
                  "optimizer": optimizer.state_dict()}
+        if hasattr(model, "training_state"):  # state a model keeps outside its parameters (e.g. a GAN critic)
+            state["extra"] = model.training_state()
         _check_finite(state, folder)
         state["rng"] = dist.all_gather_objects(seeding.rng_state())
         if dist.is_main():
@@ -343,6 +345,8 @@ def _restore(path: Path, state: dict[str, Any], model: nn.Module, ema: EMA, opti
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
+        if hasattr(model, "load_training_state") and "extra" in state:
+            model.load_training_state(state["extra"])
     except (RuntimeError, KeyError, ValueError) as err:
         raise InputError(path, f"checkpoint does not fit this model/config ({' '.join(str(err).split())[:300]})"
                          ) from None
