@@ -44,7 +44,8 @@ class DiTConfig:
     """Hidden width of the feed-forward network as a multiple of D."""
     attention: Literal["factorised", "alternating"] = "factorised"
     """'factorised': spatial then temporal attention in every block; 'alternating': even blocks spatial,
-    odd blocks temporal (Latte-style; 25% fewer FLOPs per pass)."""
+    odd blocks temporal (Latte-style; 25% fewer FLOPs per pass: 90.7 GFLOP instead of 120.9 at paper sizes).
+    At tiny size on the phantom (600 steps, same seed) its validation flow loss was 0.305 against 0.288."""
     pos_embed: Literal["sincos", "learned"] = "sincos"
     """Space (2-D) and time (1-D) position embeddings: fixed sin-cos, or learned (initialised as sin-cos)."""
 
