@@ -11,6 +11,7 @@ Masks: 0 background, 1 LV blood pool (papillary muscle included), 2 LV myocardiu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,8 @@ class Cine:
 
 
 _NOISE_BANK_SIZE = 1 << 22
+_ACQUIRE_CHUNK = 1 << 16
+"""Pixels per step of ``_acquire`` (~256 kB of float32 per buffer): its passes stay in cache."""
 _noise_bank: tuple[np.ndarray, np.ndarray] | None = None
 
 
@@ -51,26 +54,29 @@ def _noise_bank_arrays() -> tuple[np.ndarray, np.ndarray]:
 def _ellipse_distance(du: np.ndarray, dv: np.ndarray, ia: np.ndarray | float, ib: np.ndarray | float) -> np.ndarray:
     """Approximate signed distance (mm, < 0 inside) to an ellipse: (q² − 1) / |∇q²|, q² = (du·ia)² + (dv·ib)².
 
-    ``du``, ``dv`` are offsets from the centre (fresh arrays: they are overwritten); ``ia``, ``ib`` inverse
-    semi-axes, broadcastable. Exact on the boundary, first-order near it — all that edges and walls need.
+    ``du``, ``dv`` are offsets from the centre, ``ia``, ``ib`` inverse semi-axes, all broadcastable (float32).
+    Exact on the boundary, first-order near it — all that edges and walls need.
     """
-    x, y = du, dv
-    x *= ia
-    y *= ib
-    grad = x * ia
-    grad *= grad
-    gy = y * ib
-    gy *= gy
-    grad += gy
+    x2 = du * ia
+    x2 *= x2  # (du·ia)²
+    y2 = dv * ib
+    y2 *= y2
+    grad = x2 * (4 * ia * ia)  # |∇q²|² = 4 (du·ia²)² + 4 (dv·ib²)²
+    grad += y2 * (4 * ib * ib)
     np.sqrt(grad, out=grad)
-    grad *= 2.0
     grad += 1e-6
-    x *= x
-    y *= y
-    x += y
-    x -= 1.0
-    x /= grad
-    return x
+    x2 += y2
+    x2 -= 1.0
+    x2 /= grad
+    return x2
+
+
+def _by_side(left: np.ndarray, on_left: np.ndarray, on_right: np.ndarray) -> np.ndarray:
+    """(T, h, w): the per-frame value ``on_left`` (T,) where ``left`` (1, h, w) is True, else ``on_right``.
+
+    As arithmetic on a 0/1 mask: ``np.where`` with broadcast operands is ~20× slower.
+    """
+    return left.astype(np.float32) * _per_frame(on_left - on_right) + _per_frame(on_right)
 
 
 def _segment_distance(u: np.ndarray, v: np.ndarray, au: np.ndarray, av: np.ndarray, bu: np.ndarray,
@@ -98,6 +104,34 @@ def _per_frame(x: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class _Grid:
+    """The image's pixel centres in the heart frame: ``u``, ``v`` (H, W) float32 mm, an affine map of (x, y)."""
+
+    u: np.ndarray
+    v: np.ndarray
+    origin: np.ndarray
+    """Image (x, y) mm of the heart frame's origin; x right, y down, from the image centre."""
+    axes: np.ndarray
+    """(2, 2) rows e_u, e_v: the heart frame's unit vectors in image (x, y)."""
+    spacing: float
+
+    def box(self, u_lo: float, u_hi: float, v_lo: float, v_hi: float) -> tuple[slice, slice]:
+        """(rows, columns) of the pixels boxing the (u, v) rectangle, clipped to the image."""
+        (ux, uy), (vx, vy) = self.axes.tolist()  # plain floats: this runs ~20 times per cine, on 4 points
+        x0, y0 = self.origin.tolist()
+        half, size = (self.u.shape[0] - 1) / 2, self.u.shape[0]
+        xs = [x0 + uc * ux + vc * vx for uc in (u_lo, u_hi) for vc in (v_lo, v_hi)]
+        ys = [y0 + uc * uy + vc * vy for uc in (u_lo, u_hi) for vc in (v_lo, v_hi)]
+
+        def span(lo: float, hi: float) -> slice:
+            first = min(max(math.ceil(lo / self.spacing + half), 0), size - 1)
+            last = min(max(math.floor(hi / self.spacing + half), 0), size - 1)
+            return slice(first, last + 1)
+
+        return span(min(ys), max(ys)), span(min(xs), max(xs))
+
+
+@dataclass
 class Tissue:
     """Signal levels (relative to blood = 1) of one subject's acquisition: the per-subject contrast."""
 
@@ -110,7 +144,12 @@ class Tissue:
 
 
 class _Canvas:
-    """Frames and labels being painted, one rectangular window (in pixels) at a time."""
+    """Frames and labels being painted, one rectangular window (in pixels) at a time.
+
+    The window's pixels are copied out into contiguous arrays while it is painted and copied back when the
+    window changes (``set_window``, ``finish``): element-wise passes over a (T, h, w) view of the (T, H, W)
+    canvas run a short inner loop per row and cost ~4× those over a contiguous copy.
+    """
 
     def __init__(self, background: np.ndarray, n_t: int, edge_mm: float):
         self.frames = np.empty((n_t, *background.shape), dtype=np.float32)
@@ -118,6 +157,25 @@ class _Canvas:
         self.labels = np.zeros(self.frames.shape, dtype=np.uint8)
         self.inv_edge = np.float32(1.0 / edge_mm)
         self.window = (slice(None), slice(None))
+        self._frames_view: np.ndarray | None = None
+        self._labels_view: np.ndarray | None = None
+
+    def set_window(self, window: tuple[slice, slice]) -> None:
+        self._flush()
+        self.window = window
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """The painted (T, H, W) frames (float32) and labels (uint8)."""
+        self._flush()
+        return self.frames, self.labels
+
+    def _flush(self) -> None:
+        index = (slice(None), *self.window)
+        if self._frames_view is not None:
+            self.frames[index] = self._frames_view
+        if self._labels_view is not None:
+            self.labels[index] = self._labels_view
+        self._frames_view = self._labels_view = None
 
     def label(self, d: np.ndarray, label: int) -> None:
         """Set the labels of the window's region d < 0.
@@ -125,23 +183,28 @@ class _Canvas:
         As ``labels += inside · (label − labels)`` in uint8 (exact modulo 256): a masked copy with a
         scattered mask is ~30× slower.
         """
-        view = self.labels[(slice(None), *self.window)]
+        if self._labels_view is None:
+            self._labels_view = self.labels[(slice(None), *self.window)].copy()
+        view = self._labels_view
         change = np.uint8(label) - view
         change *= (d < 0).view(np.uint8)
         view += change
 
     def paint(self, d: np.ndarray, value: float, label: int = 0) -> None:
         """Cover the region d < 0 of the window with ``value`` (soft edge); ``d`` is consumed."""
-        view = self.frames[(slice(None), *self.window)]
+        if self._frames_view is None:
+            self._frames_view = self.frames[(slice(None), *self.window)].copy()
+        view = self._frames_view
         if label:
             self.label(d, label)
-        d *= -self.inv_edge
+        # view ← value + (view − value)·(1 − w), w = clip(½ − d/edge, 0, 1) the cover: in place, no temporary.
+        d *= self.inv_edge
         d += 0.5
-        np.maximum(d, 0.0, out=d)
-        np.minimum(d, 1.0, out=d)
-        cover = np.float32(value) - view
-        cover *= d
-        view += cover
+        np.clip(d, 0.0, 1.0, out=d)  # 1 − w; np.maximum/np.minimum with a scalar are ~5× slower than clip
+        value = np.float32(value)
+        view -= value
+        view *= d
+        view += value
 
 
 def render_cine(p: Physiology, ecg: ECGResult, cfg: PhantomConfig, rng: np.random.Generator,
@@ -182,14 +245,13 @@ def render_cine(p: Physiology, ecg: ECGResult, cfg: PhantomConfig, rng: np.rando
     xx, yy = np.meshgrid(coords, coords)  # (H, W): x = column, y = row (down)
     u_img = ((xx - origin[0]) * e_u[0] + (yy - origin[1]) * e_u[1]).astype(np.float32)
     v_img = ((xx - origin[0]) * e_v[0] + (yy - origin[1]) * e_v[1]).astype(np.float32)
+    grid = _Grid(u=u_img, v=v_img, origin=origin, axes=np.stack([e_u, e_v]), spacing=spacing)
 
-    canvas = _Canvas(_background(u_img, v_img, geo, tissue, edge, rng, apex_epi, v_rv_wall), n_t, edge)
+    canvas = _Canvas(_background(grid, geo, tissue, edge, rng, apex_epi, v_rv_wall), n_t, edge)
 
     def window(u_lo: float, u_hi: float, v_lo: float, v_hi: float) -> tuple[np.ndarray, np.ndarray]:
-        """Set the canvas window to the pixels covering the (u, v) rectangle; return its (1, h, w) u and v."""
-        inside = (u_img >= u_lo) & (u_img <= u_hi) & (v_img >= v_lo) & (v_img <= v_hi)
-        rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
-        canvas.window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        """Set the canvas window to the pixels boxing the (u, v) rectangle; return its (1, h, w) u and v."""
+        canvas.set_window(grid.box(u_lo, u_hi, v_lo, v_hi))
         return u_img[None, *canvas.window], v_img[None, *canvas.window]
 
     def crop(outer: tuple[slice, slice], inner: tuple[slice, slice]) -> tuple[slice, ...]:
@@ -200,17 +262,15 @@ def render_cine(p: Physiology, ecg: ECGResult, cfg: PhantomConfig, rng: np.rando
     fat_lv, fat_rv = float(rng.uniform(1.0, 3.0)), float(rng.uniform(2.5, 6.0))
     rv_lean_deg = float(rng.uniform(10, 22))
     t_rvw = float(rng.uniform(2.5, 3.5))
-    u, v = window(-14.0, apex_epi + fat_rv + 4, v_rv_wall - t_rvw - fat_rv - 4, v_lat_wall + fat_lv + 4)
+    # Margins: AV-groove fat (≤ 5 mm), pericardium, soft edge, and the ellipse distance's shortfall far outside.
+    u, v = window(-16.0, apex_epi + fat_rv + 8, v_rv_wall - t_rvw - fat_rv - 14, v_lat_wall + fat_lv + 10)
     ventricles = canvas.window
     groove = (5.0 * np.exp(-(((u - 4.0) / 12.0) ** 2)) + 2.5 * np.exp(-(((u - apex_epi) / 15.0) ** 2))).astype(
         np.float32)
-    below_mv = f(geo.uv) - u  # > 0 below the mitral plane
-    below_tv = f(geo.utv) - u
     centre_lv = f(geo.uv + BETA * geo.a)
     left = v < 0
-    d_epi_full = _ellipse_distance(u - centre_lv, np.broadcast_to(v, below_mv.shape).copy(),
-                                   f(1 / (geo.a + geo.t_apex)),
-                                   np.where(left, f(1 / (geo.r_sep + geo.t_sep)), f(1 / (geo.r_lat + geo.t_lat))))
+    d_epi_full = _ellipse_distance(u - centre_lv, v, f(1 / (geo.a + geo.t_apex)),
+                                   _by_side(left, 1 / (geo.r_sep + geo.t_sep), 1 / (geo.r_lat + geo.t_lat)))
     # RV: an ellipse cut at its equator by the tricuspid plane, its long axis leaning towards the LV apex.
     lean = np.deg2rad(rv_lean_deg)
     cos_l, sin_l = np.float32(np.cos(lean)), np.float32(np.sin(lean))
@@ -220,31 +280,29 @@ def render_cine(p: Physiology, ecg: ECGResult, cfg: PhantomConfig, rng: np.rando
                                   f(1 / geo.rv_len), f(1 / (0.7 * geo.rv_w)))
     d_fat = np.minimum(d_epi_full - fat_lv, d_rv_full - (t_rvw + fat_rv))
     d_fat -= groove
-    d_fat = np.maximum(d_fat, below_mv - 12.0)
+    d_fat = np.maximum(d_fat, f(geo.uv - 12.0) - u)  # ends 12 mm below the mitral plane
     canvas.paint(d_fat - 1.5, tissue.pericardium)
     canvas.paint(d_fat, tissue.fat)
 
     # Atria (painted before the ventricles, whose basal myocardium overlaps their roofs).
-    la_lo, ra_lo = geo.uv - 2 * geo.la_a, geo.utv - 2 * geo.ra_a
-    u_a, v_a = window(float(min(la_lo.min(), ra_lo.min())) - 6, float(geo.utv.max()) + 4,
-                      ra_v - float(geo.ra_b.max()) - 6, la_v + float(geo.la_b.max()) + 6)
-    below_mv_a, below_tv_a = f(geo.uv) - u_a, f(geo.utv) - u_a
-    d_ra = np.maximum(_ellipse_distance(u_a - f(geo.utv - 0.5 * geo.ra_a), np.broadcast_to(
-        v_a - np.float32(ra_v), below_tv_a.shape).copy(), f(1 / geo.ra_a), f(1 / geo.ra_b)), -below_tv_a)
-    d_la = np.maximum(_ellipse_distance(u_a - f(geo.uv - 0.5 * geo.la_a), np.broadcast_to(
-        v_a - np.float32(la_v), below_mv_a.shape).copy(), f(1 / geo.la_a), f(1 / geo.la_b)), -below_mv_a)
+    # Each in its own window: the other atrium's pixels are far outside its wall.
     wall = float(rng.uniform(1.0, 1.8))
-    canvas.paint(d_ra - wall, tissue.myo)
-    canvas.paint(d_ra, 0.97, label=5)
-    canvas.paint(d_la - wall, tissue.myo)
-    canvas.paint(d_la, 0.97, label=4)
+    top = float(max(geo.uv.max(), geo.utv.max())) + 4
+    for plane, a, b, v_c, label in ((geo.utv, geo.ra_a, geo.ra_b, ra_v, 5), (geo.uv, geo.la_a, geo.la_b, la_v, 4)):
+        u_a, v_a = window(float((plane - 2 * a).min()) - 6, top, v_c - float(b.max()) - 6, v_c + float(b.max()) + 6)
+        d = np.maximum(_ellipse_distance(u_a - f(plane - 0.5 * a), v_a - np.float32(v_c), f(1 / a), f(1 / b)),
+                       u_a - f(plane))
+        canvas.paint(d - wall, tissue.myo)
+        canvas.paint(d, 0.97, label=label)
 
     # RV then LV, each in its own part of the ventricles' window (the LV covers the RV's right part).
-    window(float(geo.utv.min()) - 4, apex_epi, v_rv_wall - t_rvw - 2, 0.0)
-    rv = crop(ventricles, canvas.window)
-    canvas.paint(np.maximum(d_rv_full[rv] - t_rvw, below_tv[rv] - 3.0), tissue.myo)
-    canvas.label(np.maximum(d_rv_full[rv], below_tv[rv]), 3)
-    canvas.paint(np.maximum(d_rv_full[rv], below_tv[rv] - 2.5), 1.0)
+    u_rv, v_rv = window(float(geo.utv.min()) - 6, apex_epi, v_rv_wall - t_rvw - 5, 0.0)
+    d_rv = d_rv_full[crop(ventricles, canvas.window)]
+    below_tv = f(geo.utv) - u_rv  # > 0 below the tricuspid plane
+    canvas.paint(np.maximum(d_rv - t_rvw, below_tv - 3.0), tissue.myo)
+    canvas.label(np.maximum(d_rv, below_tv), 3)
+    below_tv -= 2.5
+    canvas.paint(np.maximum(d_rv, below_tv, out=below_tv), 1.0)
     # Moderator band: a muscular bar across the RV from the septum to the free wall, towards its apex.
     along = rng.uniform(0.6, 0.75)
     wall_u = rv_u0 + cos_l * along * geo.rv_len + sin_l * 0.6 * geo.rv_w
@@ -252,16 +310,14 @@ def render_cine(p: Physiology, ecg: ECGResult, cfg: PhantomConfig, rng: np.rando
     band_u = wall_u + rng.uniform(4.0, 10.0)
     height = np.clip((band_u - geo.uv - BETA * geo.a) / (geo.a + geo.t_apex), -1.0, 1.0)
     band_v = v_septum * np.sqrt(1 - height**2) + 1.0
-    u_rv, v_rv = u_img[None, *canvas.window], v_img[None, *canvas.window]
     canvas.paint(_segment_distance(u_rv, v_rv, band_u, band_v, wall_u, wall_v, rng.uniform(0.7, 1.1)), tissue.myo)
-    u, v = window(-6.0, apex_epi + 2, float(v_septum.min()) - 2, v_lat_wall + 2)
-    lv = crop(ventricles, canvas.window)
-    below_mv = below_mv[lv]
-    canvas.paint(np.maximum(d_epi_full[lv], below_mv - 2.0), tissue.myo, label=2)
-    d_cav = _ellipse_distance(u - centre_lv, np.broadcast_to(v, below_mv.shape).copy(), f(1 / geo.a),
-                              np.where(v < 0, f(1 / geo.r_sep), f(1 / geo.r_lat)))
+    u, v = window(-6.0, apex_epi + 2, float(v_septum.min()) - 3, v_lat_wall + 2)
+    below_mv = f(geo.uv) - u  # > 0 below the mitral plane
+    canvas.paint(np.maximum(d_epi_full[crop(ventricles, canvas.window)], below_mv - 2.0), tissue.myo, label=2)
+    d_cav = _ellipse_distance(u - centre_lv, v, f(1 / geo.a), _by_side(v < 0, 1 / geo.r_sep, 1 / geo.r_lat))
     canvas.label(np.maximum(d_cav, below_mv), 1)
-    canvas.paint(np.maximum(d_cav, below_mv - 2.5), 1.0)
+    below_mv -= 2.5
+    canvas.paint(np.maximum(d_cav, below_mv, out=below_mv), 1.0)
 
     # Anterolateral papillary muscle: a dark oval on the lateral wall, shortening and thickening in systole
     # (labelled blood pool, as in the UK Biobank contours).
@@ -269,8 +325,9 @@ def render_cine(p: Physiology, ecg: ECGResult, cfg: PhantomConfig, rng: np.rando
     pm_len = rng.uniform(8.0, 11.0) * np.sqrt(geo.a / geo.a[0])
     pm_w = rng.uniform(3.5, 5.0) * np.sqrt(geo.a[0] / geo.a)
     pm_v = geo.r_lat * np.sqrt(np.maximum(1 - ((pm_u - geo.uv - BETA * geo.a) / geo.a) ** 2, 0.1)) - 0.8 * pm_w
-    u, v = window(float(pm_u.min()) - 10, float(pm_u.max()) + 10, float((pm_v - pm_w).min()) - 3,
-                  float((pm_v + pm_w).max()) + 3)
+    reach = float(pm_len.max()) + 4  # semi-axis, soft edge and the distance's shortfall beyond the tip
+    u, v = window(float(pm_u.min()) - reach, float(pm_u.max()) + reach, float((pm_v - pm_w).min()) - 4,
+                  float((pm_v + pm_w).max()) + 4)
     canvas.paint(_ellipse_distance(u - f(pm_u), v - f(pm_v), f(1 / pm_len), f(1 / pm_w)), tissue.myo * 1.1)
 
     # Valve leaflets: hinged at the annuli, meeting in systole, swinging into the ventricles in diastole.
@@ -280,8 +337,8 @@ def render_cine(p: Physiology, ecg: ECGResult, cfg: PhantomConfig, rng: np.rando
     tv = (geo.utv, tv_sep, tv_sep - 0.85 * geo.rv_w)
     for plane, hinge_a, hinge_b in (mv, tv):
         span = np.abs(hinge_b - hinge_a)
-        u, v = window(float(plane.min()) - 5, float((plane + 0.6 * span).max()) + 3,
-                      float(np.minimum(hinge_a, hinge_b).min()) - 3, float(np.maximum(hinge_a, hinge_b).max()) + 3)
+        u, v = window(float(plane.min()) - 6, float((plane + 0.6 * span).max()) + 4,
+                      float(np.minimum(hinge_a, hinge_b).min()) - 4, float(np.maximum(hinge_a, hinge_b).max()) + 4)
         meet = hinge_a + 0.55 * (hinge_b - hinge_a)
         leaflets = None
         for hinge, length in ((hinge_a, 0.62), (hinge_b, 0.5)):
@@ -293,50 +350,56 @@ def render_cine(p: Physiology, ecg: ECGResult, cfg: PhantomConfig, rng: np.rando
             leaflets = d if leaflets is None else np.minimum(leaflets, d, out=leaflets)
         canvas.paint(leaflets, 0.6 * tissue.myo)
 
-    frames = _acquire(canvas.frames, xx, yy, cfg, rng)
-    return Cine(frames=frames, masks=canvas.labels, spacing_mm=spacing, frame_interval_s=dt)
+    frames, labels = canvas.finish()
+    return Cine(frames=_acquire(frames, xx, yy, cfg, rng), masks=labels, spacing_mm=spacing, frame_interval_s=dt)
 
 
-def _background(u: np.ndarray, v: np.ndarray, geo: Geometry, tissue: Tissue, edge: float,
-                rng: np.random.Generator, apex_epi: float, v_rv_wall: float) -> np.ndarray:
+def _background(grid: _Grid, geo: Geometry, tissue: Tissue, edge: float, rng: np.random.Generator,
+                apex_epi: float, v_rv_wall: float) -> np.ndarray:
     """Static (H, W) anatomy around the heart: chest wall, lungs with vessels, liver, descending aorta."""
     inv = np.float32(1.0 / edge)
+    u, v = grid.u, grid.v
 
     def over(img: np.ndarray, d: np.ndarray, value: float) -> None:
         img += np.clip(0.5 - d * inv, 0.0, 1.0) * (np.float32(value) - img)
 
-    def ellipse(cu: float, cv: float, au: float, bv: float) -> np.ndarray:
+    def ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, au: float, bv: float) -> np.ndarray:
         return _ellipse_distance(u - np.float32(cu), v - np.float32(cv), np.float32(1 / au), np.float32(1 / bv))
 
     img = np.zeros(u.shape, dtype=np.float32)
     # Thorax: the apex touches the anterior chest wall (skin, subcutaneous fat, muscle), lungs inside.
     muscle, sc_fat = rng.uniform(9, 15), rng.uniform(6, 20)
     top = apex_epi + rng.uniform(4, 10) + muscle + sc_fat
-    body = ellipse(top - 260, rng.uniform(-40, 0), 260, 420)
+    body = ellipse(u, v, top - 260, rng.uniform(-40, 0), 260, 420)
     over(img, body, tissue.fat)
     over(img, body + sc_fat, tissue.muscle)
     over(img, body + sc_fat + muscle, tissue.lung)
-    # Ribs in the chest wall: oblique sections, dark cortex around fatty marrow.
+    # Ribs in the chest wall: oblique sections, dark cortex around fatty marrow. Small structures are
+    # computed over their own box of pixels (their soft edges end well inside it).
     body_cv = float(np.mean(v[body < 0])) if np.any(body < 0) else 0.0
     for rib_v in rng.uniform(-90, 90) + np.cumsum(rng.uniform(45, 75, size=4)) - 150:
         ratio = np.clip((rib_v - body_cv) / (420 - sc_fat - muscle), -0.95, 0.95)
         rib_u = top - 260 + (260 - sc_fat - muscle + 1) * np.sqrt(1 - ratio**2)
-        rib = ellipse(rib_u, rib_v, rng.uniform(5, 7), rng.uniform(9, 14))
-        over(img, rib, 0.08)
-        over(img, rib + 1.8, 0.7 * tissue.fat)
-    # Lung texture: smooth low-frequency variation and a few vessels.
+        au, bv = rng.uniform(5, 7), rng.uniform(9, 14)
+        box = grid.box(rib_u - au - 5, rib_u + au + 5, rib_v - bv - 5, rib_v + bv + 5)
+        rib = ellipse(u[box], v[box], rib_u, rib_v, au, bv)
+        over(img[box], rib, 0.08)
+        over(img[box], rib + 1.8, 0.7 * tissue.fat)
+    # Lung texture: smooth low-frequency variation and a few vessels (Gaussians, cut at 4 SD).
     for _ in range(6):
         cu, cv = rng.uniform(-90, apex_epi), rng.uniform(-140, 120)
         r = rng.uniform(1.5, 3.5)
-        vessel = np.exp(-((u - cu) ** 2 + (v - cv) ** 2) / (2 * r * r))
-        img += (vessel * rng.uniform(0.15, 0.4) * (img < tissue.lung + 0.05)).astype(np.float32)
+        box = grid.box(cu - 4 * r, cu + 4 * r, cv - 4 * r, cv + 4 * r)
+        vessel = np.exp(-((u[box] - cu) ** 2 + (v[box] - cv) ** 2) / (2 * r * r))
+        img[box] += (vessel * rng.uniform(0.15, 0.4) * (img[box] < tissue.lung + 0.05)).astype(np.float32)
     # Liver beyond the diaphragm, lateral to the right heart (the image's left), towards the apex level.
     liver_u, liver_v = apex_epi * rng.uniform(0.1, 0.5), v_rv_wall - rng.uniform(25, 45) - 110
-    over(img, ellipse(liver_u, liver_v, 150, 110) - 4, tissue.pericardium)
-    over(img, ellipse(liver_u, liver_v, 150, 110), tissue.liver)
+    liver = ellipse(u, v, liver_u, liver_v, 150, 110)
+    over(img, liver - 4, tissue.pericardium)
+    over(img, liver, tissue.liver)
     # Descending aorta, behind the left atrium.
     low = -1.5 * float(geo.la_a.max())
-    over(img, ellipse(low - 9, rng.uniform(0, 25), 11, 11), rng.uniform(0.75, 0.95))
+    over(img, ellipse(u, v, low - 9, rng.uniform(0, 25), 11, 11), rng.uniform(0.75, 0.95))
     return img
 
 
@@ -344,25 +407,34 @@ def _acquire(frames: np.ndarray, xx: np.ndarray, yy: np.ndarray, cfg: PhantomCon
              rng: np.random.Generator) -> np.ndarray:
     """Receive-coil shading, Rician noise (magnitude of a complex Gaussian), gain → uint8. ``frames`` is consumed."""
     # Anterior surface coil: brighter towards the chest wall (image top), plus smooth inhomogeneity.
+    # (H, W) maps in float32: Python-float coefficients keep them there.
     direction = -np.pi / 2 + rng.uniform(-0.8, 0.8)
     span = float(xx.max() - xx.min())
-    ramp = (np.cos(direction) * xx + np.sin(direction) * yy) / span
+    ramp = (float(np.cos(direction)) * xx + float(np.sin(direction)) * yy) / span
     shading = 1.0 + rng.uniform(0.2, 0.5) * ramp
     for _ in range(4):
         cx, cy, r = rng.uniform(-0.4, 0.4) * span, rng.uniform(-0.4, 0.4) * span, rng.uniform(0.15, 0.3) * span
         shading *= 1.0 + rng.uniform(-0.12, 0.12) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
     sigma = float(rng.uniform(*cfg.noise))
     gain = float(rng.uniform(170, 220))
-    shading = (shading * gain).astype(np.float32)
+    shading *= gain
     bank, bank_sq = _noise_bank_arrays()
-    n = frames.size
-    o1, o2 = (int(o) for o in rng.integers(0, bank.size - n, size=2))
-    # |S + σ(n1 + i·n2)| with S, σ already multiplied by the gain.
-    frames *= shading
-    real = bank[o1:o1 + n].reshape(frames.shape) * np.float32(sigma * gain)
-    real += frames
-    real *= real
-    real += bank_sq[o2:o2 + n].reshape(frames.shape) * np.float32((sigma * gain) ** 2)
-    np.sqrt(real, out=real)
-    np.minimum(real, 255.0, out=real)
-    return real.astype(np.uint8)
+    o1, o2 = (int(o) for o in rng.integers(0, bank.size - frames.size, size=2))
+    # |S + σ(n1 + i·n2)| with S, σ already multiplied by the gain; a few frames at a time, in cache.
+    out = np.empty(frames.shape, dtype=np.uint8)
+    chunk = max(1, _ACQUIRE_CHUNK // frames[0].size)
+    real, imag = np.empty((2, chunk, *frames.shape[1:]), dtype=np.float32)
+    for t0 in range(0, len(frames), chunk):
+        signal = frames[t0:t0 + chunk]
+        n, start = signal.size, t0 * frames[0].size
+        re, im = real[:len(signal)], imag[:len(signal)]
+        np.multiply(bank[o1 + start:o1 + start + n].reshape(signal.shape), np.float32(sigma * gain), out=re)
+        signal *= shading
+        re += signal
+        re *= re
+        np.multiply(bank_sq[o2 + start:o2 + start + n].reshape(signal.shape), np.float32((sigma * gain) ** 2), out=im)
+        re += im
+        np.sqrt(re, out=re)
+        np.clip(re, 0.0, 255.0, out=re)
+        out[t0:t0 + chunk] = re
+    return out

@@ -168,12 +168,14 @@ def simulate_ecg(p: Physiology, rng: np.random.Generator, cfg: PhantomConfig) ->
     pad_before, pad_after = int(0.45 * fs), int(0.75 * fs)
     rel = np.arange(-pad_before, pad_after) / fs
     qts = []
+    # QRS and P keep their shape from beat to beat (only T moves with the preceding R-R): computed once.
+    qrs_beat, p_beat = qrs_lobes.dipole(rel), p_lobes.dipole(rel + p.pr_ms / 1000)
     for k, q0 in enumerate(q_onsets):
         rr_prev = (q_onsets[k] - q_onsets[k - 1]) / fs if k > 0 else rr_mean
         qt = min(p.qtc_ms / 1000 * np.sqrt(rr_prev), 0.62 * rr_prev + 0.05)
         qts.append(qt)
         m = 1 + 0.05 * np.sin(2 * np.pi * f_resp * q0 / fs + ph_resp + 1.0)  # respiration moves the heart
-        beat = m * (qrs_lobes.dipole(rel) + t_lobes.dipole(rel - qt)) + p_lobes.dipole(rel + p.pr_ms / 1000)
+        beat = m * (qrs_beat + t_lobes.dipole(rel - qt)) + p_beat
         idx = q0 + np.arange(-pad_before, pad_after)
         keep = (idx >= 0) & (idx < n)
         dipole[:, idx[keep]] += beat[:, keep]
