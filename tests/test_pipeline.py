@@ -92,3 +92,20 @@ def test_partial_bundle_fails_clearly(demo_run: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="not a bundle"):
         load_pipeline(tmp_path / "empty")
+
+
+def test_report_metric_rows_pair_each_number_with_its_definition():
+    """One row per number: {"value", "definition"} metrics, shared definitions for plain numbers, nested sections."""
+    from ecgflowcmr.demo import _metrics_table, metric_rows
+
+    metrics = {
+        "generated_vs_real": {"psnr_db": 12.5, "n": 3, "definition": "shared"},
+        "stages": {"vae": {"psnr_db": {"value": 20.1, "definition": "held-out"}, "note": "text is not a number"}},
+        "timings_s": {"demo_s": 700.0, "flag": True},
+    }
+    assert metric_rows(metrics) == [
+        ("generated_vs_real", "psnr_db", 12.5, "shared"), ("generated_vs_real", "n", 3, "shared"),
+        ("stages › vae", "psnr_db", 20.1, "held-out"), ("timings_s", "demo_s", 700.0, ""),
+    ]
+    html = _metrics_table(metrics)
+    assert html.count("<tr>") == 5 and "20.1" in html and "held-out" in html and "value</th>" in html

@@ -20,7 +20,7 @@ import numpy as np
 from ecgflowcmr.atomic import write_text_atomic
 
 # Wall-time budget per stage (seconds) for the full demo, and step caps for --quick (tests).
-BUDGET_S = {"pamae": 100, "vae": 340, "flow": 200}
+BUDGET_S = {"pamae": 100, "vae": 325, "flow": 200}
 QUICK_STEPS = {"pamae": 4, "vae": 4, "flow": 4}
 N_SUBJECTS = 240
 # Evaluation caps: finalize measures on this many held-out items so the demo keeps its time budget.
@@ -196,6 +196,38 @@ with the swapped one mean the ECG steers the motion.</p>
 difference between two real subjects). Definitions in metrics.json under "conditioning".</p>"""
 
 
+def metric_rows(d: dict[str, Any], section: str = "") -> list[tuple[str, str, Any, str]]:
+    """(section, name, value, definition) for every number in a metrics.json tree.
+
+    A ``{"value", "definition"}`` dict is one metric; a dict with a ``definition`` but no ``value`` lends
+    that definition to its plain numbers (``{"psnr_db": …, "ssim": …, "definition": …}``); other dicts are
+    sections, their keys joined with " › ".
+    """
+    rows: list[tuple[str, str, Any, str]] = []
+    shared = d.get("definition", "") if isinstance(d.get("definition"), str) else ""
+    for key, value in d.items():
+        if isinstance(value, dict) and "value" in value:
+            rows.append((section, key, value["value"], str(value.get("definition", ""))))
+        elif isinstance(value, dict):
+            rows += metric_rows(value, f"{section} › {key}" if section else key)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            rows.append((section, key, value, shared))
+    return rows
+
+
+def _metrics_table(metrics: dict[str, Any]) -> str:
+    """An HTML table: section, metric, value (4 significant digits), definition."""
+    def shown(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return html.escape(str(value)) if isinstance(value, int | str) else ""
+
+    body = "\n".join(f"<tr><td>{html.escape(section)}</td><td>{html.escape(name)}</td><td class='num'>{shown(value)}"
+                     f"</td><td class='def'>{html.escape(definition)}</td></tr>"
+                     for section, name, value, definition in metric_rows(metrics))
+    return f"<table><tr><th>section</th><th>metric</th><th>value</th><th>definition</th></tr>\n{body}</table>"
+
+
 def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, timings: dict[str, float]) -> Path:
     """report.html + metrics.json from the finished runs and the generated test split."""
     from ecgflowcmr.data.store import StoreDataset, cine_from_uint8
@@ -260,19 +292,10 @@ def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, ti
         f"</figcaption></figure>" for sid, row, gif in blocks)
     curves_html = "\n".join(f"<img src='report_media/loss_{s}.png' alt='{s} loss'>" for s in curves)
 
-    def table(d: dict[str, Any], prefix: str = "") -> str:
-        cells = []
-        for key, value in d.items():
-            if isinstance(value, dict):
-                cells.append(table(value, f"{prefix}{key}."))
-            elif isinstance(value, int | float | str) and not isinstance(value, bool):
-                shown = f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
-                cells.append(f"<tr><td>{html.escape(prefix + key)}</td><td>{shown}</td></tr>")
-        return "\n".join(cells)
-
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ecgflowcmr demo</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} figure{{display:inline-block;margin:.5em}}
 figcaption{{font-size:.85em;color:#444}} td{{padding:2px 8px;border-bottom:1px solid #eee;font-size:.85em}}
+td.def{{color:#666;font-size:.78em}} td.num{{text-align:right;white-space:nowrap}}
 img{{max-width:100%}}</style></head><body>
 <h1>ecgflowcmr demo (phantom, tiny)</h1>
 <p>Real (left) and generated (right) four-chamber cines of held-out subjects, generated from the ECG alone;
@@ -280,7 +303,7 @@ the ECG is drawn beneath with a cursor at each frame's time.</p>
 {rows_html}
 <h2>Does the ECG control the cine?</h2>{_conditioning_html(conditioning)}
 <h2>Training</h2>{curves_html}
-<h2>Metrics</h2><table>{table({k: v for k, v in metrics.items() if k != "per_subject"})}</table>
+<h2>Metrics</h2>{_metrics_table({k: v for k, v in metrics.items() if k != "per_subject"})}
 </body></html>"""
     report = out / "report.html"
     write_text_atomic(report, page)
