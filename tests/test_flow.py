@@ -425,6 +425,8 @@ def test_cache_is_reused_unchanged_and_rebuilt_when_stale(synthetic_store: Path,
     cache = tmp_path / "cache"
     snapshot = lambda: {p.relative_to(cache): (p.read_bytes(), p.stat().st_mtime_ns)  # noqa: E731
                         for p in sorted(cache.rglob("*")) if p.is_file()}
+    (cache / "train-0of1.safetensors").write_bytes(b"a version-1 cache: deleted on the next build")
+    flow_stage.encoded_splits(*args)
     first = snapshot()
     assert sorted(p.name for p in cache.iterdir()) == ["test-0of1", "train-0of1", "val-0of1"]  # no temp left
     meta = json.loads((cache / "train-0of1" / "meta.json").read_text())

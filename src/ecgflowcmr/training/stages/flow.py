@@ -286,6 +286,9 @@ def encoded_splits(data: Path, run_dir: Path, pamae: Path, vae: Path, batch_size
                 nets = load_frozen(pamae, vae, device)
             path.parent.mkdir(parents=True, exist_ok=True)
             encode_split(data, split, *nets, batch_size, device, path, key, rank, world)
+    if rank == 0:  # version-1 caches (one .safetensors per shard) are never read again: ~8 GB at UKB scale
+        for old in (Path(run_dir) / "cache").glob("*.safetensors"):
+            old.unlink()
     distributed.barrier()
     out = {}
     for split in present:
