@@ -34,7 +34,7 @@ from ecgflowcmr.training.stages.flow import fit_to_upstream
 
 
 def phantom_ecgs(n: int) -> np.ndarray:
-    from ecgflowcmr.data.phantom import PhantomConfig, simulate_subject
+    from ecgflowcmr.phantom import PhantomConfig, simulate_subject
 
     return np.stack([simulate_subject(i, 0, PhantomConfig(), with_cine=False).ecg.signal for i in range(n)])
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgflowcmr.data.phantom import PhantomConfig, make_cohort, simulate_subject
-from ecgflowcmr.data.phantom.simulate import write_subject
+from ecgflowcmr.phantom import PhantomConfig, make_cohort, simulate_subject
+from ecgflowcmr.phantom.simulate import write_subject
 
 
 def machine_reference() -> tuple[float, float]:

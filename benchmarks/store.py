@@ -19,8 +19,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
-    from ecgflowcmr.data.phantom import make_cohort
-    from ecgflowcmr.data.store import StoreDataset, prepare
+    from ecgflowcmr.phantom import make_cohort
+    from ecgflowcmr.store.prepared import StoreDataset, prepare
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-store-"))
     make_cohort(work / "cohort", n=args.n, seed=0, workers=2)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecgflowcmr.data.store import write_store
+from ecgflowcmr.store.prepared import write_store
 
 
 def synthetic_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -59,7 +59,7 @@ def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def phantom_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small phantom cohort folder (manifest.csv inside), made once per test session."""
-    from ecgflowcmr.data.phantom import make_cohort
+    from ecgflowcmr.phantom import make_cohort
 
     root = tmp_path_factory.mktemp("phantom") / "cohort"
     make_cohort(root, n=24, seed=7)
@@ -69,7 +69,7 @@ def phantom_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def phantom_store(phantom_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The phantom cohort prepared into a store."""
-    from ecgflowcmr.data.store import prepare
+    from ecgflowcmr.store.prepared import prepare
 
     out = tmp_path_factory.mktemp("phantom_store") / "store"
     prepare(phantom_cohort / "manifest.csv", out)

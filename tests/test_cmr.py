@@ -13,9 +13,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import MRImageStorage, generate_uid
 
-from ecgflowcmr.data import cmr, cmr_readers
-from ecgflowcmr.data.cmr import inspect_cine, read_cine, read_mask, write_cine, write_nifti_cine
 from ecgflowcmr.errors import InputError
+from ecgflowcmr.io import cmr, cmr_readers
+from ecgflowcmr.io.cmr import inspect_cine, read_cine, read_mask, write_cine, write_nifti_cine
 
 # ----------------------------------------------------------------------------- synthetic sources
 

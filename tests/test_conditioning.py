@@ -61,9 +61,9 @@ def test_circular_error_wraps() -> None:
 
 def test_es_frame_recovers_the_phantom_timing() -> None:
     """Real phantom cines: the estimate against the simulator's end of ejection (T-wave end, volume minimum)."""
-    from ecgflowcmr.data.phantom.config import PhantomConfig
-    from ecgflowcmr.data.phantom.heart import filling_curve
-    from ecgflowcmr.data.phantom.simulate import simulate_subject
+    from ecgflowcmr.phantom.config import PhantomConfig
+    from ecgflowcmr.phantom.heart import filling_curve
+    from ecgflowcmr.phantom.simulate import simulate_subject
 
     cfg = PhantomConfig()
     found, truth = [], []

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import ecgflowcmr
-from ecgflowcmr.data import ecg as ecg_mod
-from ecgflowcmr.data import ecg_decoders
-from ecgflowcmr.data.ecg import FS, LEADS, N_SAMPLES, ecg_quality, inspect_ecg, read_ecg, write_wfdb
-from ecgflowcmr.data.formats import sniff
 from ecgflowcmr.errors import InputError
+from ecgflowcmr.io import ecg as ecg_mod
+from ecgflowcmr.io import ecg_decoders
+from ecgflowcmr.io.ecg import FS, LEADS, N_SAMPLES, ecg_quality, inspect_ecg, read_ecg, write_wfdb
+from ecgflowcmr.io.formats import sniff
 from test_phase import synthetic_ecg
 
 MIMIC_ORDER = ("I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6")

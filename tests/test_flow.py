@@ -378,7 +378,7 @@ def test_stage_trains_end_to_end_with_the_engine(synthetic_store: Path, tmp_path
 
 def stub_encoding(store: Path, split: str, items: list[int]) -> dict[str, Tensor]:
     """What the stubs give for these store items, computed item by item in memory (the reference)."""
-    from ecgflowcmr.data.store import StoreDataset
+    from ecgflowcmr.store.prepared import StoreDataset
 
     dataset = StoreDataset(store, split, fields=("ecg", "cine"))
     batch = torch.utils.data.default_collate([dataset[i] for i in items])

@@ -142,7 +142,7 @@ def test_source_flags_and_fallbacks(monkeypatch):
         calls.append(len(calls))
         return np.arange(150, 5000, 400) if len(calls) == 1 else np.zeros(0, dtype=np.int64)
 
-    monkeypatch.setattr("ecgflowcmr.data.phase.detect_rpeaks", detector)
+    monkeypatch.setattr("ecgflowcmr.signal.phase.detect_rpeaks", detector)
     out = model.encode_aligned(ecg)
     assert out.source.tolist() == [0, 1, 2] and out.valid.all()
     assert len(calls) == 2  # the detector only runs where the predicted phase found nothing

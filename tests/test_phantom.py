@@ -14,9 +14,9 @@ import pytest
 import wfdb
 from scipy.stats import spearmanr
 
-from ecgflowcmr.data.ecg import write_wfdb
-from ecgflowcmr.data.phantom import PhantomConfig, load_phantom_config, make_cohort, simulate_subject
 from ecgflowcmr.errors import ConfigError, InputError
+from ecgflowcmr.io.ecg import write_wfdb
+from ecgflowcmr.phantom import PhantomConfig, load_phantom_config, make_cohort, simulate_subject
 
 FS = 500
 # A smaller matrix at a coarser pixel keeps the field of view (~230 mm) and the physics, at half the cost.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecgflowcmr.data.ecg import FS, LEADS, N_SAMPLES
-from ecgflowcmr.data.phase import (
+from ecgflowcmr.io.ecg import FS, LEADS, N_SAMPLES
+from ecgflowcmr.signal.phase import (
     TWO_PI,
     detect_rpeaks,
     neurokit_rpeaks,

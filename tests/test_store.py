@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from ecgflowcmr.cli import main
-from ecgflowcmr.data import store as store_mod
-from ecgflowcmr.data.manifest import read_manifest
-from ecgflowcmr.data.phase import rpeak_f1
-from ecgflowcmr.data.store import StoreDataset, prepare, read_store_meta
 from ecgflowcmr.errors import InputError
+from ecgflowcmr.io.manifest import read_manifest
+from ecgflowcmr.signal.phase import rpeak_f1
+from ecgflowcmr.store import prepared as store_mod
+from ecgflowcmr.store.prepared import StoreDataset, prepare, read_store_meta
 
 
 def _rows(manifest: Path) -> list[dict[str, str]]:

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from ecgflowcmr.errors import ConfigError
-from ecgflowcmr.evaluation.image_metrics import gaussian_window, psnr, ssim
+from ecgflowcmr.models.image_metrics import gaussian_window, psnr, ssim
 from ecgflowcmr.models.vae3d import PRESETS, AxisAttention, PeriodicConv3d, VAEConfig, VideoVAE, kl_divergence
 
 torch.set_num_threads(1)
@@ -316,7 +316,7 @@ def test_stage_end_to_end_writes_scale_template_metrics(synthetic_store, tmp_pat
     """Two training steps of the tiny preset, then finalize: scale saved with the weights, template, metrics."""
     import json
 
-    from ecgflowcmr.data.store import StoreDataset
+    from ecgflowcmr.store.prepared import StoreDataset
     from ecgflowcmr.training.stages import vae as stage
     from ecgflowcmr.training.tasks import train
 

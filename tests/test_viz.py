@@ -9,8 +9,8 @@ import pytest
 from conftest import synthetic_pair
 from ecgflowcmr import viz
 from ecgflowcmr.cli import main
-from ecgflowcmr.data.cmr import write_nifti_cine
-from ecgflowcmr.data.ecg import write_wfdb
+from ecgflowcmr.io.cmr import write_nifti_cine
+from ecgflowcmr.io.ecg import write_wfdb
 
 
 @pytest.fixture(scope="module")

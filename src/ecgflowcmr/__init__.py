@@ -11,18 +11,18 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load_pipeline", "read_cine", "read_ecg"]
 
 if TYPE_CHECKING:
-    from ecgflowcmr.data.cmr import read_cine
-    from ecgflowcmr.data.ecg import read_ecg
+    from ecgflowcmr.io.cmr import read_cine
+    from ecgflowcmr.io.ecg import read_ecg
     from ecgflowcmr.pipeline import load_pipeline
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import ecgflowcmr` stays cheap (no torch) for the CLI
     if name == "read_ecg":
-        from ecgflowcmr.data.ecg import read_ecg
+        from ecgflowcmr.io.ecg import read_ecg
 
         return read_ecg
     if name == "read_cine":
-        from ecgflowcmr.data.cmr import read_cine
+        from ecgflowcmr.io.cmr import read_cine
 
         return read_cine
     if name == "load_pipeline":

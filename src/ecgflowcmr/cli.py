@@ -15,14 +15,14 @@ from ecgflowcmr.errors import InputError
 
 
 def _cmd_phantom(args: argparse.Namespace) -> None:
-    from ecgflowcmr.data.phantom import make_cohort
+    from ecgflowcmr.phantom import make_cohort
 
     manifest = make_cohort(args.out, n=args.n, seed=args.seed, config=args.config, workers=args.workers)
     print(f"wrote {manifest}")
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from ecgflowcmr.data.inspect import format_report, inspect_file
+    from ecgflowcmr.io.inspect import format_report, inspect_file
 
     report = inspect_file(args.file)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -33,7 +33,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
-    from ecgflowcmr.data.store import prepare
+    from ecgflowcmr.store.prepared import prepare
 
     summary = prepare(args.manifest, args.out, workers=args.workers)
     print(summary)
@@ -63,7 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
-    from ecgflowcmr.generate import generate
+    from ecgflowcmr.commands.generate import generate
 
     summary = generate(
         args.model,
@@ -80,7 +80,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from ecgflowcmr.demo import run_demo
+    from ecgflowcmr.commands.demo import run_demo
 
     report = run_demo(args.out, n=args.n, quick=args.quick)
     print(f"report: {report}")

@@ -66,7 +66,7 @@ def write_bundle(out: str | Path, *, pamae_run: Path, vae_run: Path, flow_run: P
 
 def bundle_geometry(store: Path) -> dict[str, Any]:
     """Output geometry for generated cines: the median canonical pixel spacing of the training cines."""
-    from ecgflowcmr.data.store import StoreDataset
+    from ecgflowcmr.store.prepared import StoreDataset
 
     rows = StoreDataset(store, "train", fields=()).rows
     spacings = [[float(v) for v in r["cine_spacing_mm"].split()] for r in rows if r.get("cine_spacing_mm")]
@@ -113,7 +113,7 @@ class Pipeline:
     # ---- inputs ------------------------------------------------------------------------------
     def _ecg_batch(self, ecg: Any) -> tuple[torch.Tensor, bool]:
         """Path, canonical ECG, array (12, 5000) or (B, 12, 5000) → float32 tensor (B, 12, 5000)."""
-        from ecgflowcmr.data.ecg import CanonicalECG, read_ecg
+        from ecgflowcmr.io.ecg import CanonicalECG, read_ecg
 
         start = time.perf_counter()
         single = True

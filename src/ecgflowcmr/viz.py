@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgflowcmr.data.ecg import FS, LEADS
 from ecgflowcmr.errors import InputError
+from ecgflowcmr.io.ecg import FS, LEADS
 
 PANEL: int = 288
 """Side of one cine panel in the video (pixels; 96 × 3)."""
@@ -40,7 +40,7 @@ def show(files: list[Path], out: Path, ecg: Path | None = None, fps: float = 25.
     """``ecgflowcmr show``: cines (any reader format) side by side as MP4/GIF (PNG: frame 0), the ECG
     (``ecg`` or one of ``files``) beneath with a moving cursor; a single ECG alone → a 12-lead PNG.
     """
-    from ecgflowcmr.data.formats import is_ecg, sniff
+    from ecgflowcmr.io.formats import is_ecg, sniff
 
     out = Path(out)
     cine_paths, ecg_paths = [], []
@@ -56,18 +56,18 @@ def show(files: list[Path], out: Path, ecg: Path | None = None, fps: float = 25.
             raise InputError("files", "nothing to show")
         if out.suffix.lower() != ".png":
             raise InputError(out, "an ECG alone renders as a .png")
-        from ecgflowcmr.data.ecg import read_ecg
+        from ecgflowcmr.io.ecg import read_ecg
 
         record = read_ecg(ecg_paths[0])
         return render_ecg_png(record.signal, out, title=_display_name(ecg_paths[0]))
     if labels is not None and len(labels) != len(cine_paths):
         raise InputError("--labels", f"{len(labels)} labels for {len(cine_paths)} cines")
-    from ecgflowcmr.data.cmr import read_cine
+    from ecgflowcmr.io.cmr import read_cine
 
     cines = [read_cine(p).frames01 for p in cine_paths]
     signal = None
     if ecg_paths:
-        from ecgflowcmr.data.ecg import read_ecg
+        from ecgflowcmr.io.ecg import read_ecg
 
         signal = read_ecg(ecg_paths[0]).signal
     titles = labels if labels is not None else _default_titles(cine_paths)
@@ -316,9 +316,9 @@ def _choose_cycle(signal: np.ndarray, cycle: tuple[int, int] | None) -> tuple[in
 
 
 def _rpeaks(lead_ii: np.ndarray) -> np.ndarray:
-    """R-peaks by ``ecgflowcmr.data.phase.detect_rpeaks`` when available, else a simple detector."""
+    """R-peaks by ``ecgflowcmr.signal.phase.detect_rpeaks`` when available, else a simple detector."""
     try:
-        from ecgflowcmr.data.phase import detect_rpeaks
+        from ecgflowcmr.signal.phase import detect_rpeaks
 
         return np.asarray(detect_rpeaks(lead_ii, FS), dtype=np.int64)
     except Exception:  # the display must not fail for want of the detector: fall back below

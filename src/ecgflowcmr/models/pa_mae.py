@@ -346,7 +346,7 @@ class PAMAE(nn.Module):
 
     def _rpeak_phase(self, lead_ii: np.ndarray) -> Tensor:
         """Unwrapped token phase (B, L) from R-peaks detected on lead II (B, S) mV (NaN rows: < 2 R-peaks)."""
-        from ecgflowcmr.data.phase import detect_rpeaks
+        from ecgflowcmr.signal.phase import detect_rpeaks
 
         peaks = [np.asarray(detect_rpeaks(sig.astype(np.float64), fs=int(self.config.fs))) for sig in lead_ii]
         return unwrapped_phase_from_rpeaks(peaks, self.config.tokens, self.config.patch).float()

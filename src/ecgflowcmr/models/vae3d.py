@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ecgflowcmr.errors import ConfigError
-from ecgflowcmr.evaluation.image_metrics import ssim
+from ecgflowcmr.models.image_metrics import ssim
 
 
 @dataclass

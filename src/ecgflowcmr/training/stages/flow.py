@@ -202,7 +202,7 @@ def encode_split(data: Path, split: str, pamae_net: nn.Module, vae_net: nn.Modul
     batch by batch (nothing accumulates in memory), and meta.json (``key`` + the count of items left out
     because their ECG has no valid aligned cycle). The folder appears whole or not at all.
     """
-    from ecgflowcmr.data.store import StoreDataset
+    from ecgflowcmr.store.prepared import StoreDataset
 
     dataset = StoreDataset(data, split, fields=("ecg", "cine"))
     loader = DataLoader(Subset(dataset, range(rank, len(dataset), world)), batch_size=batch_size)
@@ -272,7 +272,7 @@ def encoded_splits(data: Path, run_dir: Path, pamae: Path, vae: Path, batch_size
     Under torchrun each process encodes its share (items rank::world) into its own shard folder, then all
     wait for each other and map every shard; a shard is reused while store and upstream runs are unchanged.
     """
-    from ecgflowcmr.data.store import read_store_meta
+    from ecgflowcmr.store.prepared import read_store_meta
     from ecgflowcmr.training import distributed
 
     rank, world = distributed.info().rank, distributed.info().world_size

@@ -18,11 +18,11 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
 from ecgflowcmr.config import from_dict
-from ecgflowcmr.data.phase import rpeak_f1
-from ecgflowcmr.data.store import StoreDataset, split_size
 from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.models.align import cycle_boundaries, token_labels
 from ecgflowcmr.models.pa_mae import PAMAE, PAMAEConfig
+from ecgflowcmr.signal.phase import rpeak_f1
+from ecgflowcmr.store.prepared import StoreDataset, split_size
 from ecgflowcmr.training.checkpoint import load_weights, read_config
 from ecgflowcmr.training.config import TrainConfig
 from ecgflowcmr.training.loop import Setup
@@ -85,7 +85,7 @@ def rpeaks_from_labels(phase: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dict[str, Any]:
     """Held-out metrics (``test`` split, else ``val``), each ``{"value", "definition"}``."""
-    from ecgflowcmr.data.phase import detect_rpeaks
+    from ecgflowcmr.signal.phase import detect_rpeaks
 
     data = Path(data)
     split = "test" if split_size(data, "test") > 0 else "val"
@@ -146,7 +146,7 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
                           f"against the label's R-peaks, match within 20 ms (10 samples), averaged over {where}"},
         "reference_detector_rpeak_f1_20ms": {"value": float(np.mean(f1_ref)), "definition":
                                              "same F1 for NeuroKit2 R-peak detection on lead II "
-                                             "(ecgflowcmr.data.phase.detect_rpeaks), for reference"},
+                                             "(ecgflowcmr.signal.phase.detect_rpeaks), for reference"},
         "fraction_cycle_from_predicted_phase": {"value": float((source == 0).float().mean()), "definition":
                                                 f"fraction of ECGs whose aligned cycle came from the predicted "
                                                 f"phase (source 0; cut {mc.align_cut}, {mc.align_aggregate}), "

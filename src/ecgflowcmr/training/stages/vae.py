@@ -25,10 +25,10 @@ from torch import nn
 
 from ecgflowcmr.atomic import atomic_file
 from ecgflowcmr.config import from_dict
-from ecgflowcmr.data.store import StoreDataset, read_store_meta, split_size
 from ecgflowcmr.errors import ConfigError, InputError
-from ecgflowcmr.evaluation.image_metrics import PSNR_DEFINITION, SSIM_DEFINITION, psnr, ssim
+from ecgflowcmr.models.image_metrics import PSNR_DEFINITION, SSIM_DEFINITION, psnr, ssim
 from ecgflowcmr.models.vae3d import VAEConfig, VideoVAE
+from ecgflowcmr.store.prepared import StoreDataset, read_store_meta, split_size
 from ecgflowcmr.training.checkpoint import load_weights, read_config, save_weights
 from ecgflowcmr.training.config import TrainConfig
 from ecgflowcmr.training.loop import Setup

@@ -5,17 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ecgflowcmr.data.formats import is_ecg, sniff
+from ecgflowcmr.io.formats import is_ecg, sniff
 
 
 def inspect_file(path: str | Path) -> dict[str, Any]:
     """A JSON-serialisable description; ``kind`` is ``"ecg"`` or ``"cine"`` (keys in the README)."""
     fmt = sniff(path)
     if is_ecg(fmt):
-        from ecgflowcmr.data.ecg import inspect_ecg
+        from ecgflowcmr.io.ecg import inspect_ecg
 
         return {"kind": "ecg", **inspect_ecg(path)}
-    from ecgflowcmr.data.cmr import inspect_cine
+    from ecgflowcmr.io.cmr import inspect_cine
 
     return {"kind": "cine", **inspect_cine(path)}
 

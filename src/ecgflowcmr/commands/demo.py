@@ -39,9 +39,9 @@ def _log(message: str) -> None:
 
 def run_demo(out: str | Path = "runs/demo", n: int | None = None, quick: bool = False) -> Path:
     """Run every stage into ``out``; returns the path of ``report.html``."""
-    from ecgflowcmr.data.phantom import make_cohort
-    from ecgflowcmr.data.store import prepare
-    from ecgflowcmr.generate import generate
+    from ecgflowcmr.commands.generate import generate
+    from ecgflowcmr.phantom import make_cohort
+    from ecgflowcmr.store.prepared import prepare
     from ecgflowcmr.training.tasks import train
 
     out = Path(out)
@@ -145,7 +145,7 @@ def _frame_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
     """PSNR (dB) and SSIM between two cines in [0, 1] (T, H, W)."""
     import torch
 
-    from ecgflowcmr.evaluation.image_metrics import psnr, ssim
+    from ecgflowcmr.models.image_metrics import psnr, ssim
 
     a = torch.from_numpy(real[None, None].astype(np.float32))
     b = torch.from_numpy(fake[None, None].astype(np.float32))
@@ -155,11 +155,11 @@ def _frame_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
 def _conditioning(out: Path, flow_run: Path, test: Any) -> dict[str, Any]:
     """Conditioning measures (``evaluation.conditioning``) on the first ``N_CONDITIONING`` generated test items:
     their cines from ``generate`` (own ECG) beside new ones from the previous item's ECG with the same noise."""
-    from ecgflowcmr.data.ecg import read_ecg
-    from ecgflowcmr.data.store import cine_from_uint8
+    from ecgflowcmr.commands.generate import item_seed, shard_of
     from ecgflowcmr.evaluation.conditioning import measure_conditioning
-    from ecgflowcmr.generate import item_seed, shard_of
+    from ecgflowcmr.io.ecg import read_ecg
     from ecgflowcmr.pipeline import load_pipeline
+    from ecgflowcmr.store.prepared import cine_from_uint8
 
     picked = []
     for i, row in enumerate(test.rows):
@@ -230,8 +230,8 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
 
 def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, timings: dict[str, float]) -> Path:
     """report.html + metrics.json from the finished runs and the generated test split."""
-    from ecgflowcmr.data.store import StoreDataset, cine_from_uint8
-    from ecgflowcmr.generate import shard_of
+    from ecgflowcmr.commands.generate import shard_of
+    from ecgflowcmr.store.prepared import StoreDataset, cine_from_uint8
     from ecgflowcmr.viz import render_cine_video
 
     media = out / "report_media"

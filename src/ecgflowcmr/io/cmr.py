@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from ecgflowcmr.data.cmr_geometry import HEART_MARGIN_MM as HEART_MARGIN_MM
-from ecgflowcmr.data.cmr_geometry import (
+from ecgflowcmr.errors import InputError
+from ecgflowcmr.io.cmr_geometry import HEART_MARGIN_MM as HEART_MARGIN_MM
+from ecgflowcmr.io.cmr_geometry import (
     N_FRAMES,
     PERCENTILES,
     SIZE,
@@ -48,7 +49,7 @@ from ecgflowcmr.data.cmr_geometry import (
     _resample_nearest,
     _resample_time,
 )
-from ecgflowcmr.data.cmr_readers import (
+from ecgflowcmr.io.cmr_readers import (
     CANONICAL_DESCRIP,
     DEFAULT_SPACING_MM,
     MIN_FRAMES,
@@ -59,11 +60,10 @@ from ecgflowcmr.data.cmr_readers import (
     _read_npy,
     _read_ukb_zip,
 )
-from ecgflowcmr.data.cmr_readers import MAX_MISSING_FRAMES as MAX_MISSING_FRAMES
-from ecgflowcmr.data.cmr_readers import PLAUSIBLE_CYCLE_S as PLAUSIBLE_CYCLE_S
-from ecgflowcmr.data.cmr_readers import UKB_4CH_SERIES as UKB_4CH_SERIES
-from ecgflowcmr.data.cmr_readers import UKB_MIXED_LAX_SERIES as UKB_MIXED_LAX_SERIES
-from ecgflowcmr.errors import InputError
+from ecgflowcmr.io.cmr_readers import MAX_MISSING_FRAMES as MAX_MISSING_FRAMES
+from ecgflowcmr.io.cmr_readers import PLAUSIBLE_CYCLE_S as PLAUSIBLE_CYCLE_S
+from ecgflowcmr.io.cmr_readers import UKB_4CH_SERIES as UKB_4CH_SERIES
+from ecgflowcmr.io.cmr_readers import UKB_MIXED_LAX_SERIES as UKB_MIXED_LAX_SERIES
 
 # The canonical grid (N_FRAMES, SIZE), HEART_MARGIN_MM and PERCENTILES are defined in cmr_geometry.py; the
 # source-file constants (MIN_FRAMES, MAX_MISSING_FRAMES, DEFAULT_SPACING_MM, PLAUSIBLE_CYCLE_S, UKB_*_SERIES,
@@ -295,7 +295,7 @@ def write_nifti_cine(
 
 
 def _cine_format(path: Path, format: str | None) -> str:
-    from ecgflowcmr.data.formats import CINE_FORMATS, is_ecg, sniff
+    from ecgflowcmr.io.formats import CINE_FORMATS, is_ecg, sniff
 
     if format is not None:
         if format not in CINE_FORMATS:

@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from ecgflowcmr.atomic import atomic_file
-from ecgflowcmr.data.cmr import write_nifti_cine
-from ecgflowcmr.data.ecg import write_wfdb
-from ecgflowcmr.data.phantom.cine import Cine, render_cine
-from ecgflowcmr.data.phantom.cohort import Physiology, draw_physiology, draw_split, has_heart_failure
-from ecgflowcmr.data.phantom.config import PhantomConfig, load_phantom_config
-from ecgflowcmr.data.phantom.ecg import ECGResult, simulate_ecg
-from ecgflowcmr.data.phantom.heart import BETA, Geometry, heart_geometry
 from ecgflowcmr.errors import InputError
+from ecgflowcmr.io.cmr import write_nifti_cine
+from ecgflowcmr.io.ecg import write_wfdb
+from ecgflowcmr.phantom.cine import Cine, render_cine
+from ecgflowcmr.phantom.cohort import Physiology, draw_physiology, draw_split, has_heart_failure
+from ecgflowcmr.phantom.config import PhantomConfig, load_phantom_config
+from ecgflowcmr.phantom.ecg import ECGResult, simulate_ecg
+from ecgflowcmr.phantom.heart import BETA, Geometry, heart_geometry
 
 
 @dataclass

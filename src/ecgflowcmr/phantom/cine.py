@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecgflowcmr.data.phantom.cohort import Physiology
-from ecgflowcmr.data.phantom.config import PhantomConfig
-from ecgflowcmr.data.phantom.ecg import ECGResult
-from ecgflowcmr.data.phantom.heart import BETA, Geometry, filling_curve, heart_geometry
+from ecgflowcmr.phantom.cohort import Physiology
+from ecgflowcmr.phantom.config import PhantomConfig
+from ecgflowcmr.phantom.ecg import ECGResult
+from ecgflowcmr.phantom.heart import BETA, Geometry, filling_curve, heart_geometry
 
 
 @dataclass

@@ -4,7 +4,7 @@
 returns one subject's arrays and phenotypes without writing anything.
 """
 
-from ecgflowcmr.data.phantom.config import PhantomConfig, load_phantom_config
-from ecgflowcmr.data.phantom.simulate import Subject, make_cohort, simulate_subject
+from ecgflowcmr.phantom.config import PhantomConfig, load_phantom_config
+from ecgflowcmr.phantom.simulate import Subject, make_cohort, simulate_subject
 
 __all__ = ["PhantomConfig", "Subject", "load_phantom_config", "make_cohort", "simulate_subject"]

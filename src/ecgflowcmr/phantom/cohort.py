@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecgflowcmr.data.phantom.config import DIAGNOSES, PhantomConfig
+from ecgflowcmr.phantom.config import DIAGNOSES, PhantomConfig
 
 MYOCARDIUM_DENSITY_G_ML = 1.05
 LV_TRUNCATION = 0.35

@@ -56,7 +56,7 @@ def shard_of(subject_id: str) -> str:
 def _items(ecg: Path, out: Path) -> list[tuple[str, Path, Path]]:
     """(subject_id, ecg path, output stem) for a single ECG file or every row of a manifest."""
     if ecg.suffix.lower() == ".csv":
-        from ecgflowcmr.data.manifest import read_manifest
+        from ecgflowcmr.io.manifest import read_manifest
 
         manifest = read_manifest(ecg, required=("subject_id", "ecg_path"))
         items = []
@@ -74,7 +74,7 @@ def _items(ecg: Path, out: Path) -> list[tuple[str, Path, Path]]:
 
 def _write_outputs(stem: Path, frames01: np.ndarray, formats: list[str], spacing_xy_mm: tuple[float, float],
                    frame_interval_s: float, fps: float) -> None:
-    from ecgflowcmr.data.cmr import write_nifti_cine
+    from ecgflowcmr.io.cmr import write_nifti_cine
     from ecgflowcmr.viz import write_video
 
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -97,9 +97,9 @@ def generate(model: str | Path, ecg: str | Path, out: str | Path, *, formats: li
     """Generate cines for one ECG file or a manifest of ECGs (see the module docstring)."""
     from tqdm import tqdm
 
-    from ecgflowcmr.data.ecg import read_ecg
-    from ecgflowcmr.data.phase import phase_labels
+    from ecgflowcmr.io.ecg import read_ecg
     from ecgflowcmr.pipeline import load_pipeline
+    from ecgflowcmr.signal.phase import phase_labels
 
     formats = [f.strip() for f in (formats or ["nii"]) if f.strip()]
     bad = [f for f in formats if f not in FORMATS]

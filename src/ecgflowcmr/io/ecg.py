@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ecgflowcmr.data.ecg_decoders import (
+from ecgflowcmr.errors import InputError
+from ecgflowcmr.io.ecg_decoders import (
     _decode_dicom,
     _decode_muse_xml,
     _decode_numpy,
@@ -40,7 +41,6 @@ from ecgflowcmr.data.ecg_decoders import (
     _decode_wfdb,
     _Decoded,
 )
-from ecgflowcmr.errors import InputError
 
 LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 FS: int = 500
@@ -156,7 +156,7 @@ def ecg_quality(signal: np.ndarray, fs: float = FS, rpeaks: np.ndarray | None = 
         flags.append(f"implausible amplitude {max_amp:.1f} mV > {MAX_AMPLITUDE_MV:g} mV (wrong units?)")
 
     if rpeaks is None:
-        from ecgflowcmr.data.phase import detect_rpeaks
+        from ecgflowcmr.signal.phase import detect_rpeaks
 
         rpeaks = detect_rpeaks(x[LEADS.index("II")], fs, leads=x)
     rpeaks = np.asarray(rpeaks)
@@ -268,7 +268,7 @@ def canonical_lead(name: str) -> str | None:
 
 
 def _canonicalise(d: _Decoded, path: Path) -> CanonicalECG:
-    from ecgflowcmr.data.phase import detect_rpeaks
+    from ecgflowcmr.signal.phase import detect_rpeaks
 
     flags = list(d.flags)
     if not (MIN_FS <= d.fs <= MAX_FS):
@@ -417,7 +417,7 @@ def _relative_rms(residual: np.ndarray, *leads: np.ndarray) -> float:
 
 
 def _decode(path: Path, *, fs: float | None, format: str | None) -> _Decoded:
-    from ecgflowcmr.data.formats import ECG_FORMATS, sniff
+    from ecgflowcmr.io.formats import ECG_FORMATS, sniff
 
     fmt = format or sniff(path)
     if fmt not in ECG_FORMATS:

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from ecgflowcmr.atomic import atomic_file, write_text_atomic
-from ecgflowcmr.data.manifest import PAIRED_SPLITS, SPLITS, Manifest, read_manifest
 from ecgflowcmr.errors import InputError
+from ecgflowcmr.io.manifest import PAIRED_SPLITS, SPLITS, Manifest, read_manifest
 
 STORE_VERSION = 1
 ECG_SHAPE = (12, 5000)
@@ -68,9 +68,9 @@ def cine_from_uint8(codes: np.ndarray) -> np.ndarray:
 
 def prepare_item(manifest: Manifest, row: dict[str, str], position: int, paired: bool) -> PreparedItem:
     """Read, canonicalise and label one row. User-data problems become ``error``, never an exception."""
-    from ecgflowcmr.data.cmr import read_cine
-    from ecgflowcmr.data.ecg import read_ecg
-    from ecgflowcmr.data.phase import phase_from_rpeaks
+    from ecgflowcmr.io.cmr import read_cine
+    from ecgflowcmr.io.ecg import read_ecg
+    from ecgflowcmr.signal.phase import phase_from_rpeaks
 
     item = PreparedItem(position)
     try:
@@ -280,9 +280,9 @@ def _run_items(manifest: Manifest, tasks: list, workers: int) -> Iterator[tuple[
         return
     # fork where the platform has it: workers inherit the imported readers (a spawned worker re-imports
     # scipy.signal, neurokit2 and friends: seconds each)
-    import ecgflowcmr.data.cmr
-    import ecgflowcmr.data.ecg
-    import ecgflowcmr.data.phase  # noqa: F401  (imported once, before the fork)
+    import ecgflowcmr.io.cmr
+    import ecgflowcmr.io.ecg
+    import ecgflowcmr.signal.phase  # noqa: F401  (imported once, before the fork)
 
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(manifest,)) as pool:

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecgflowcmr.data.phantom.cohort import (
+from ecgflowcmr.phantom.cohort import (
     APEX_RATIO,
     LV_K_VOLUME,
     LV_TRUNCATION,
     MYOCARDIUM_DENSITY_G_ML,
     Physiology,
 )
-from ecgflowcmr.data.phantom.ecg import ECGResult
+from ecgflowcmr.phantom.ecg import ECGResult
 
 BETA = LV_TRUNCATION
 K_VOLUME = LV_K_VOLUME

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecgflowcmr.data.phantom.cohort import Physiology
-from ecgflowcmr.data.phantom.config import PhantomConfig
+from ecgflowcmr.phantom.cohort import Physiology
+from ecgflowcmr.phantom.config import PhantomConfig
 
 DOWER = np.array(
     [  # X, Y, Z → lead (mV per dipole unit); rows I, II, V1..V6
