@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 import ecgflowcmr
+from ecgflowcmr.canonical import FS, LEADS, N_SAMPLES
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.io import ecg as ecg_mod
 from ecgflowcmr.io import ecg_decoders
-from ecgflowcmr.io.ecg import FS, LEADS, N_SAMPLES, ecg_quality, inspect_ecg, read_ecg, write_wfdb
+from ecgflowcmr.io.ecg import ecg_quality, inspect_ecg, read_ecg, write_wfdb
 from ecgflowcmr.io.formats import sniff
 from test_phase import synthetic_ecg
 

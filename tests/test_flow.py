@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from ecgflowcmr.bundle import load_flow, read_template, save_weights
 from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
 from ecgflowcmr.flow.sampler import sample
@@ -290,7 +291,6 @@ def upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 def test_stage_encodes_caches_finalizes_and_loads(synthetic_store: Path, tmp_path: Path, upstream: dict) -> None:
-    from ecgflowcmr.training.checkpoint import save_weights
     from ecgflowcmr.training.stages import flow as flow_stage
 
     run = tmp_path / "run"
@@ -310,7 +310,7 @@ def test_stage_encodes_caches_finalizes_and_loads(synthetic_store: Path, tmp_pat
     first = encoded["train"][0]
     model_cfg = flow_stage.fit_to_upstream(cfg.model, first["z1"][None], first["cond"][None])
     assert (model_cfg.dit.latent_channels, model_cfg.dit.cond_dim, model_cfg.dit.width) == (2, 8, 16)
-    model = FlowMatching(model_cfg, flow_stage.read_template(upstream["vae"]))
+    model = FlowMatching(model_cfg, read_template(upstream["vae"]))
     metrics = flow_stage.evaluate(model, cfg, run)  # finalize = this + the bundle (tests/test_pipeline.py)
     names = ("flow_latent_mse", "flow_latent_mse_template", "flow_latent_mse_other_ecg", "flow_latent_mse_real_pairs")
     for name in names:
@@ -320,7 +320,7 @@ def test_stage_encodes_caches_finalizes_and_loads(synthetic_store: Path, tmp_pat
                                                                 abs=0.2)
 
     save_weights(model, run, dataclasses.asdict(model.config))
-    loaded = flow_stage.load(run)
+    loaded = load_flow(run)
     assert loaded.config == model.config and not loaded.training
     assert torch.equal(loaded.template, model.template)
     cond = encoded["test"].tensors()["cond"][:2]
@@ -365,7 +365,7 @@ def test_stage_trains_end_to_end_with_the_engine(synthetic_store: Path, tmp_path
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["training"]["steps"] == 4
     assert metrics["flow_latent_mse"]["value"] >= 0
-    flow = flow_stage.load(run)
+    flow = load_flow(run)
     assert flow.config.sample_steps == 2 and flow.config.dit.cond_dim == 8 and flow.config.dit.patch == 3
     assert (run / "cache" / "train-0of1" / "z1.npy").exists() and (run / "upstream.json").exists()
     assert (run / "bundle" / "bundle.json").exists() and (run / "bundle" / "flow" / "model.safetensors").exists()

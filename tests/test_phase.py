@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecgflowcmr.io.ecg import FS, LEADS, N_SAMPLES
+from ecgflowcmr.canonical import FS, LEADS, N_SAMPLES
 from ecgflowcmr.signal.phase import (
     TWO_PI,
     detect_rpeaks,

@@ -20,16 +20,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import toy_stage
+from ecgflowcmr.bundle import load_weights, read_config, save_weights
 from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.training import distributed as dist
-from ecgflowcmr.training.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    load_weights,
-    read_config,
-    resolve_resume,
-    save_weights,
-)
+from ecgflowcmr.training.checkpoint import latest_checkpoint, load_checkpoint, resolve_resume
 from ecgflowcmr.training.config import TrainConfig
 from ecgflowcmr.training.loop import EMA, TrainingError, build_optimizer, lr_factor
 from ecgflowcmr.training.seeding import EpochBatches

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ecgflowcmr.bundle import load_weights, read_config
 from ecgflowcmr.config import load_config
 from ecgflowcmr.training import distributed as dist
-from ecgflowcmr.training.checkpoint import load_weights, read_config
 from ecgflowcmr.training.config import TrainConfig
 from ecgflowcmr.training.loop import Setup, fit
 from ecgflowcmr.training.tasks import run_stage

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ecgflowcmr.version import __version__
+
 __all__ = ["__version__", "load_pipeline", "read_cine", "read_ecg"]
 
 if TYPE_CHECKING:

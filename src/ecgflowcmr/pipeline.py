@@ -12,7 +12,6 @@ Loading never unpickles; every weight key is checked; a partial or mismatched bu
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,68 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecgflowcmr import __version__
-from ecgflowcmr.atomic import atomic_dir
+from ecgflowcmr.bundle import (
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    STAGE_FOLDERS,
+    check_compatible,
+    find_bundle,
+    load_flow,
+    load_pamae,
+    load_vae,
+)
 from ecgflowcmr.errors import InputError
-
-BUNDLE_FORMAT = "ecgflowcmr-bundle"
-BUNDLE_VERSION = 1
-STAGE_FOLDERS = ("pamae", "vae", "flow")
-
-
-def write_bundle(out: str | Path, *, pamae_run: Path, vae_run: Path, flow_run: Path, sampling: dict[str, Any],
-                 geometry: dict[str, Any] | None = None) -> Path:
-    """Assemble a bundle from three trained run folders (each holding model.safetensors + config.json)."""
-    out = Path(out)
-    with atomic_dir(out) as tmp:
-        for name, run in (("pamae", pamae_run), ("vae", vae_run), ("flow", flow_run)):
-            run = Path(run)
-            (tmp / name).mkdir()
-            for fname in ("model.safetensors", "config.json"):
-                if not (run / fname).exists():
-                    raise InputError(run, f"is not a trained {name} run: {fname} missing")
-                shutil.copy2(run / fname, tmp / name / fname)
-        if not (Path(vae_run) / "template.safetensors").exists():
-            raise InputError(vae_run, "has no template.safetensors (the VAE stage writes it after training)")
-        shutil.copy2(Path(vae_run) / "template.safetensors", tmp / "template.safetensors")
-        meta = {
-            "format": BUNDLE_FORMAT,
-            "version": BUNDLE_VERSION,
-            "ecgflowcmr": __version__,
-            "torch": torch.__version__,
-            "stages": {name: name for name in STAGE_FOLDERS},
-            "preprocessing": {
-                "ecg": "read_ecg: 12 leads I II III aVR aVL aVF V1-V6, mV, resampled to 500 Hz, "
-                       "cropped/padded to 10 s",
-                "cine": "read_cine: 50 frames over one R-R interval from the R-peak, heart crop, "
-                        "96×96, per-sample percentile normalisation to [-1, 1]",
-            },
-            "sampling": sampling,
-            "geometry": geometry or {"spacing_mm": [2.0, 2.0]},
-        }
-        (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
-    return out
-
-
-def bundle_geometry(store: Path) -> dict[str, Any]:
-    """Output geometry for generated cines: the median canonical pixel spacing of the training cines."""
-    from ecgflowcmr.store.prepared import StoreDataset
-
-    rows = StoreDataset(store, "train", fields=()).rows
-    spacings = [[float(v) for v in r["cine_spacing_mm"].split()] for r in rows if r.get("cine_spacing_mm")]
-    spacing = np.median(np.array(spacings), axis=0).tolist() if spacings else [1.8, 1.8]
-    return {"spacing_mm": spacing,
-            "frame_interval": "R-R interval of the input ECG / 50 (median R-R over the record)",
-            "definition": "median canonical (row, column) spacing of the training cines, mm"}
-
-
-def find_bundle(path: str | Path) -> Path:
-    """``path`` itself when it is a bundle, else ``path/bundle`` (a flow run folder)."""
-    path = Path(path)
-    for candidate in (path, path / "bundle"):
-        if (candidate / "bundle.json").exists():
-            return candidate
-    raise InputError(path, "not a bundle: no bundle.json (train the flow stage, which writes RUN/bundle/)")
 
 
 @dataclass
@@ -212,10 +160,6 @@ class Pipeline:
 
 def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
     """Load a bundle (or a flow run folder holding ``bundle/``); checks that every part is there and fits."""
-    from ecgflowcmr.training.stages import flow as flow_stage
-    from ecgflowcmr.training.stages import pamae as pamae_stage
-    from ecgflowcmr.training.stages import vae as vae_stage
-
     bundle = find_bundle(path)
     meta = json.loads((bundle / "bundle.json").read_text())
     if meta.get("format") != BUNDLE_FORMAT or meta.get("version") != BUNDLE_VERSION:
@@ -227,19 +171,10 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipel
     if not (bundle / "template.safetensors").exists():
         raise InputError(bundle, "partial bundle: template.safetensors missing")
     device = torch.device(device)
-    pamae = pamae_stage.load(bundle / "pamae", device=device)
-    vae = vae_stage.load(bundle / "vae", device=device)
-    flow = flow_stage.load(bundle / "flow", device=device)
+    pamae = load_pamae(bundle / "pamae", device=device)
+    vae = load_vae(bundle / "vae", device=device)
+    flow = load_flow(bundle / "flow", device=device)
     check_compatible(bundle, pamae, vae, flow)
     return Pipeline(bundle, pamae, vae, flow, meta, device)
 
 
-def check_compatible(bundle: Path, pamae: torch.nn.Module, vae: torch.nn.Module, flow: torch.nn.Module) -> None:
-    """The three networks must agree on the ECG token width and the latent shape."""
-    from safetensors.torch import load_file
-
-    template = load_file(str(bundle / "template.safetensors"))["template"]
-    flow_template = getattr(flow, "template", None)
-    if flow_template is not None and tuple(flow_template.shape) != tuple(template.shape):
-        raise InputError(bundle, f"mismatched bundle: template {tuple(template.shape)} vs flow's "
-                                 f"{tuple(flow_template.shape)}")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgflowcmr.canonical import FS, LEADS
 from ecgflowcmr.errors import InputError
-from ecgflowcmr.io.ecg import FS, LEADS
 
 PANEL: int = 288
 """Side of one cine panel in the video (pixels; 96 × 3)."""

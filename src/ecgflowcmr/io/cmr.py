@@ -38,12 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from ecgflowcmr.canonical import N_FRAMES, SIZE
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.io.cmr_geometry import HEART_MARGIN_MM as HEART_MARGIN_MM
 from ecgflowcmr.io.cmr_geometry import (
-    N_FRAMES,
     PERCENTILES,
-    SIZE,
     _crop_box,
     _resample_bilinear,
     _resample_nearest,
@@ -65,7 +64,7 @@ from ecgflowcmr.io.cmr_readers import PLAUSIBLE_CYCLE_S as PLAUSIBLE_CYCLE_S
 from ecgflowcmr.io.cmr_readers import UKB_4CH_SERIES as UKB_4CH_SERIES
 from ecgflowcmr.io.cmr_readers import UKB_MIXED_LAX_SERIES as UKB_MIXED_LAX_SERIES
 
-# The canonical grid (N_FRAMES, SIZE), HEART_MARGIN_MM and PERCENTILES are defined in cmr_geometry.py; the
+# The canonical grid (N_FRAMES, SIZE) is defined in canonical.py, HEART_MARGIN_MM and PERCENTILES in cmr_geometry.py; the
 # source-file constants (MIN_FRAMES, MAX_MISSING_FRAMES, DEFAULT_SPACING_MM, PLAUSIBLE_CYCLE_S, UKB_*_SERIES,
 # CANONICAL_DESCRIP) in cmr_readers.py. All stay importable from here.
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-N_FRAMES: int = 50
-SIZE: int = 96
+from ecgflowcmr.canonical import N_FRAMES, SIZE
+
 HEART_MARGIN_MM: float = 10.0
 """Margin kept around the heart's bounding box."""
 PERCENTILES: tuple[float, float] = (1.0, 99.0)

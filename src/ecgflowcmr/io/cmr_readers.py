@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ecgflowcmr.canonical import SIZE
 from ecgflowcmr.errors import InputError
-from ecgflowcmr.io.cmr_geometry import SIZE
 
 MIN_FRAMES: int = 10
 """Fewer source frames than this cannot describe a cardiac cycle: refused."""

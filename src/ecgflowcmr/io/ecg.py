@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ecgflowcmr.canonical import FS, LEADS, N_SAMPLES
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.io.ecg_decoders import (
     _decode_dicom,
@@ -41,12 +42,6 @@ from ecgflowcmr.io.ecg_decoders import (
     _decode_wfdb,
     _Decoded,
 )
-
-LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
-FS: int = 500
-"""Canonical sampling rate (Hz)."""
-N_SAMPLES: int = 5000
-"""Canonical length: 10 s at 500 Hz."""
 
 MAX_NAN_GAP_S = 0.020
 """Longest run of invalid samples (per lead) repaired by linear interpolation; longer → error."""

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from ecgflowcmr.io.ecg import FS, LEADS, N_SAMPLES
+from ecgflowcmr.canonical import FS, LEADS, N_SAMPLES
 
 TWO_PI = 2.0 * np.pi
 _BELOW_TWO_PI = np.nextafter(np.float32(TWO_PI), np.float32(0.0))  # float32(2π) rounds above 2π

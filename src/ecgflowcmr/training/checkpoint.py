@@ -15,22 +15,16 @@ under a hidden temporary name and renamed when complete, so ``latest_checkpoint`
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
 
-from ecgflowcmr.atomic import atomic_dir, atomic_file, write_text_atomic
+from ecgflowcmr.atomic import atomic_dir
 from ecgflowcmr.errors import InputError
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 STATE_FILE = "state.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -38,67 +32,6 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 # --------------------------------------------------------------------------------------------------
 # Exported weights
 # --------------------------------------------------------------------------------------------------
-
-
-def save_weights(module: nn.Module, folder: str | Path, config: dict[str, Any]) -> Path:
-    """Write ``folder/model.safetensors`` (the module's state dict, fp32 as trained) and ``folder/config.json``.
-
-    Tensors are copied to CPU, made contiguous and un-shared (safetensors refuses tied storage; a tied
-    weight is stored under each of its names). Returns the weights path.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in module.state_dict().items()}
-    write_text_atomic(folder / CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
-    with atomic_file(folder / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    return folder / WEIGHTS_FILE
-
-
-def load_weights(module: nn.Module, folder: str | Path) -> nn.Module:
-    """Load ``folder/model.safetensors`` into ``module`` (in place; returned).
-
-    Every key and shape is checked first: missing keys, unexpected keys and shape mismatches raise
-    :class:`InputError` naming the file and the offending keys, and nothing is loaded.
-    """
-    path = Path(folder) / WEIGHTS_FILE
-    if not path.is_file():
-        raise InputError(path, "weights file not found (is this a finished run folder?)")
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise InputError(path, f"not a readable safetensors file ({err})") from None
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    mismatched = [f"{k} (file {tuple(tensors[k].shape)}, model {tuple(expected[k].shape)})"
-                  for k in sorted(set(expected) & set(tensors)) if tensors[k].shape != expected[k].shape]
-    problems = [f"{label}: {_some(keys)}" for label, keys in
-                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched))
-                if keys]
-    if problems:
-        raise InputError(path, "does not fit the model; " + "; ".join(problems))
-    module.load_state_dict(tensors, strict=True)
-    return module
-
-
-def read_config(folder: str | Path) -> dict[str, Any]:
-    """The model configuration saved beside the weights (``folder/config.json``) as a dict."""
-    path = Path(folder) / CONFIG_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "config file not found (is this a finished run folder?)") from None
-    except json.JSONDecodeError as err:
-        raise InputError(path, f"not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise InputError(path, "expected a JSON object")
-    return data
-
-
-def _some(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown if len(keys) <= limit else f"{shown}, … ({len(keys)} in all)"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from ecgflowcmr.bundle import save_weights
 from ecgflowcmr.config import dump_yaml
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.training import checkpoint as ckpt
@@ -277,7 +278,7 @@ def fit(setup: Setup, cfg: TrainConfig, run_dir: str | Path, *, resume: str | Pa
     wall = time.perf_counter() - t0
     if dist.is_main():
         with ema.applied(model):
-            ckpt.save_weights(model, run_dir, config=_model_config(model))
+            save_weights(model, run_dir, config=_model_config(model))
     dist.barrier()
     items_per_s = (step - start_step) * global_batch / max(wall, 1e-9)
     return FitResult(steps=step, wall_time_s=wall, items_per_s=items_per_s, stopped=stopped,

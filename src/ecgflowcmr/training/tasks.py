@@ -19,11 +19,11 @@ from types import ModuleType
 from typing import Any
 
 from ecgflowcmr.atomic import write_text_atomic
+from ecgflowcmr.bundle import load_weights
 from ecgflowcmr.config import dump_yaml, load_config
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.training import distributed as dist
 from ecgflowcmr.training import seeding
-from ecgflowcmr.training.checkpoint import load_weights
 from ecgflowcmr.training.loop import fit
 
 STAGES = {

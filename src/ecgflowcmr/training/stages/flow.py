@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ecgflowcmr.atomic import atomic_dir, write_text_atomic
-from ecgflowcmr.config import from_dict
+from ecgflowcmr.bundle import bundle_geometry, load_pamae, load_vae, read_template, write_bundle
 from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
 from ecgflowcmr.flow.sampler import sample
@@ -229,10 +228,8 @@ def encode_split(data: Path, split: str, pamae_net: nn.Module, vae_net: nn.Modul
 
 def load_frozen(pamae: Path, vae: Path, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """The trained PA-MAE and VAE, frozen (eval mode, no gradients)."""
-    from ecgflowcmr.training.stages import pamae as pamae_stage
-    from ecgflowcmr.training.stages import vae as vae_stage
 
-    nets = (pamae_stage.load(pamae, device=device), vae_stage.load(vae, device=device))
+    nets = (load_pamae(pamae, device=device), load_vae(vae, device=device))
     for net in nets:
         net.eval().requires_grad_(False)
     return nets
@@ -299,17 +296,6 @@ def encoded_splits(data: Path, run_dir: Path, pamae: Path, vae: Path, batch_size
     return out
 
 
-def read_template(vae: Path) -> Tensor:
-    """The VAE stage's anatomical template (C, 50, H', W') in scaled latent units."""
-    path = Path(vae) / "template.safetensors"
-    if not path.exists():
-        raise InputError(path, "template not found (the VAE stage's finalize writes it)")
-    tensors = load_file(str(path))
-    if "template" not in tensors:
-        raise InputError(path, f"has no 'template' tensor (has: {', '.join(tensors)})")
-    return tensors["template"].float()
-
-
 def fit_to_upstream(config: FlowConfig, z1: Tensor, cond: Tensor) -> FlowConfig:
     """The DiT's latent shape and ECG width are not free choices: take them from the encoded data."""
     _, c, t, h, w = z1.shape
@@ -350,8 +336,6 @@ def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = Non
 
 def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dict[str, Any]:
     """Evaluate on the test split, then assemble ``run_dir/bundle/`` (PA-MAE + VAE + flow + template)."""
-    from ecgflowcmr.pipeline import bundle_geometry, write_bundle
-
     metrics = evaluate(model, cfg, run_dir)
     upstream = json.loads((Path(run_dir) / "upstream.json").read_text())
     config: FlowConfig = model.config
@@ -412,13 +396,4 @@ def evaluate(model: nn.Module, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     }
     return metrics
 
-
-def load(run_dir: Path, device: str | torch.device = "cpu") -> FlowMatching:
-    """The trained flow (DiT, template, α, sampling defaults) from run_dir, in eval mode."""
-    from ecgflowcmr.training.checkpoint import load_weights, read_config
-
-    config = from_dict(FlowConfig, read_config(run_dir), prefix="model.")
-    model = FlowMatching(config)
-    load_weights(model, run_dir)
-    return model.to(device).eval()
 

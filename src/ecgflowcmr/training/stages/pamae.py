@@ -17,13 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from ecgflowcmr.config import from_dict
 from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.models.align import cycle_boundaries, token_labels
 from ecgflowcmr.models.pa_mae import PAMAE, PAMAEConfig
 from ecgflowcmr.signal.phase import rpeak_f1
 from ecgflowcmr.store.prepared import StoreDataset, split_size
-from ecgflowcmr.training.checkpoint import load_weights, read_config
 from ecgflowcmr.training.config import TrainConfig
 from ecgflowcmr.training.loop import Setup
 
@@ -159,11 +157,3 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
     }
 
 
-def load(run_dir: Path, device: str | torch.device = "cpu") -> PAMAE:
-    """The trained PA-MAE of a run folder (``config.json`` + ``model.safetensors``), in eval mode."""
-    raw = read_config(run_dir)
-    if isinstance(raw.get("model"), dict):  # a full run config rather than the model's
-        raw = raw["model"]
-    model = PAMAE(from_dict(PAMAEConfig, raw, prefix="model."))
-    load_weights(model, run_dir)
-    return model.to(device).eval()

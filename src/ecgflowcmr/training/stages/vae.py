@@ -24,12 +24,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ecgflowcmr.atomic import atomic_file
-from ecgflowcmr.config import from_dict
+from ecgflowcmr.bundle import save_weights
 from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.models.image_metrics import PSNR_DEFINITION, SSIM_DEFINITION, psnr, ssim
 from ecgflowcmr.models.vae3d import VAEConfig, VideoVAE
 from ecgflowcmr.store.prepared import StoreDataset, read_store_meta, split_size
-from ecgflowcmr.training.checkpoint import load_weights, read_config, save_weights
 from ecgflowcmr.training.config import TrainConfig
 from ecgflowcmr.training.loop import Setup
 
@@ -156,11 +155,3 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
     }
 
 
-def load(run_dir: Path, device: str | torch.device = "cpu") -> VideoVAE:
-    """The trained VAE of a run folder (``config.json`` + ``model.safetensors``, with its latent scale), eval mode."""
-    raw = read_config(run_dir)
-    if isinstance(raw.get("model"), dict):  # a full run config rather than the model's
-        raw = raw["model"]
-    model = VideoVAE(from_dict(VAEConfig, raw, prefix="model."))
-    load_weights(model, run_dir)
-    return model.to(device).eval()

@@ -1,0 +1,217 @@
+"""Run folders and bundles: the one place that knows their layout.
+
+A run folder (one per trained stage) holds the exported weights: ``model.safetensors`` + ``config.json``
+(the VAE's also ``template.safetensors``). Loading never unpickles, checks every key and shape, and names
+what is missing or unexpected.
+
+A bundle is a folder::
+
+    bundle.json                 format, versions, preprocessing, sampling defaults, output geometry
+    pamae/  vae/  flow/         each model.safetensors + config.json
+    template.safetensors        the anatomical template (C, 50, 12, 12), scaled latent units
+
+Loading never unpickles; every weight key is checked; a partial or mismatched bundle fails with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ecgflowcmr.atomic import atomic_dir, atomic_file, write_text_atomic
+from ecgflowcmr.config import from_dict
+from ecgflowcmr.errors import InputError
+from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
+from ecgflowcmr.models.pa_mae import PAMAE, PAMAEConfig
+from ecgflowcmr.models.vae3d import VAEConfig, VideoVAE
+from ecgflowcmr.version import __version__
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+BUNDLE_FORMAT = "ecgflowcmr-bundle"
+BUNDLE_VERSION = 1
+STAGE_FOLDERS = ("pamae", "vae", "flow")
+
+
+# --------------------------------------------------------------------------------------------------
+# Run folders: exported weights
+# --------------------------------------------------------------------------------------------------
+
+
+def save_weights(module: nn.Module, folder: str | Path, config: dict[str, Any]) -> Path:
+    """Write ``folder/model.safetensors`` (the module's state dict, fp32 as trained) and ``folder/config.json``.
+
+    Tensors are copied to CPU, made contiguous and un-shared (safetensors refuses tied storage; a tied
+    weight is stored under each of its names). Returns the weights path.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in module.state_dict().items()}
+    write_text_atomic(folder / CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
+    with atomic_file(folder / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    return folder / WEIGHTS_FILE
+
+
+def load_weights(module: nn.Module, folder: str | Path) -> nn.Module:
+    """Load ``folder/model.safetensors`` into ``module`` (in place; returned).
+
+    Every key and shape is checked first: missing keys, unexpected keys and shape mismatches raise
+    :class:`InputError` naming the file and the offending keys, and nothing is loaded.
+    """
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise InputError(path, "weights file not found (is this a finished run folder?)")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise InputError(path, f"not a readable safetensors file ({err})") from None
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    mismatched = [f"{k} (file {tuple(tensors[k].shape)}, model {tuple(expected[k].shape)})"
+                  for k in sorted(set(expected) & set(tensors)) if tensors[k].shape != expected[k].shape]
+    problems = [f"{label}: {_some(keys)}" for label, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mismatched))
+                if keys]
+    if problems:
+        raise InputError(path, "does not fit the model; " + "; ".join(problems))
+    module.load_state_dict(tensors, strict=True)
+    return module
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """The model configuration saved beside the weights (``folder/config.json``) as a dict."""
+    path = Path(folder) / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "config file not found (is this a finished run folder?)") from None
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "expected a JSON object")
+    return data
+
+
+def _some(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown if len(keys) <= limit else f"{shown}, … ({len(keys)} in all)"
+
+
+def read_template(vae: Path) -> Tensor:
+    """The VAE stage's anatomical template (C, 50, H', W') in scaled latent units."""
+    path = Path(vae) / "template.safetensors"
+    if not path.exists():
+        raise InputError(path, "template not found (the VAE stage's finalize writes it)")
+    tensors = load_file(str(path))
+    if "template" not in tensors:
+        raise InputError(path, f"has no 'template' tensor (has: {', '.join(tensors)})")
+    return tensors["template"].float()
+
+
+def load_pamae(run_dir: Path, device: str | torch.device = "cpu") -> PAMAE:
+    """The trained PA-MAE of a run folder (``config.json`` + ``model.safetensors``), in eval mode."""
+    raw = read_config(run_dir)
+    if isinstance(raw.get("model"), dict):  # a full run config rather than the model's
+        raw = raw["model"]
+    model = PAMAE(from_dict(PAMAEConfig, raw, prefix="model."))
+    load_weights(model, run_dir)
+    return model.to(device).eval()
+
+
+def load_vae(run_dir: Path, device: str | torch.device = "cpu") -> VideoVAE:
+    """The trained VAE of a run folder (``config.json`` + ``model.safetensors``, with its latent scale), eval mode."""
+    raw = read_config(run_dir)
+    if isinstance(raw.get("model"), dict):  # a full run config rather than the model's
+        raw = raw["model"]
+    model = VideoVAE(from_dict(VAEConfig, raw, prefix="model."))
+    load_weights(model, run_dir)
+    return model.to(device).eval()
+
+
+def load_flow(run_dir: Path, device: str | torch.device = "cpu") -> FlowMatching:
+    """The trained flow (DiT, template, α, sampling defaults) from run_dir, in eval mode."""
+    config = from_dict(FlowConfig, read_config(run_dir), prefix="model.")
+    model = FlowMatching(config)
+    load_weights(model, run_dir)
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Bundles
+# --------------------------------------------------------------------------------------------------
+
+
+def write_bundle(out: str | Path, *, pamae_run: Path, vae_run: Path, flow_run: Path, sampling: dict[str, Any],
+                 geometry: dict[str, Any] | None = None) -> Path:
+    """Assemble a bundle from three trained run folders (each holding model.safetensors + config.json)."""
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        for name, run in (("pamae", pamae_run), ("vae", vae_run), ("flow", flow_run)):
+            run = Path(run)
+            (tmp / name).mkdir()
+            for fname in ("model.safetensors", "config.json"):
+                if not (run / fname).exists():
+                    raise InputError(run, f"is not a trained {name} run: {fname} missing")
+                shutil.copy2(run / fname, tmp / name / fname)
+        if not (Path(vae_run) / "template.safetensors").exists():
+            raise InputError(vae_run, "has no template.safetensors (the VAE stage writes it after training)")
+        shutil.copy2(Path(vae_run) / "template.safetensors", tmp / "template.safetensors")
+        meta = {
+            "format": BUNDLE_FORMAT,
+            "version": BUNDLE_VERSION,
+            "ecgflowcmr": __version__,
+            "torch": torch.__version__,
+            "stages": {name: name for name in STAGE_FOLDERS},
+            "preprocessing": {
+                "ecg": "read_ecg: 12 leads I II III aVR aVL aVF V1-V6, mV, resampled to 500 Hz, "
+                       "cropped/padded to 10 s",
+                "cine": "read_cine: 50 frames over one R-R interval from the R-peak, heart crop, "
+                        "96×96, per-sample percentile normalisation to [-1, 1]",
+            },
+            "sampling": sampling,
+            "geometry": geometry or {"spacing_mm": [2.0, 2.0]},
+        }
+        (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def bundle_geometry(store: Path) -> dict[str, Any]:
+    """Output geometry for generated cines: the median canonical pixel spacing of the training cines."""
+    from ecgflowcmr.store.prepared import StoreDataset
+
+    rows = StoreDataset(store, "train", fields=()).rows
+    spacings = [[float(v) for v in r["cine_spacing_mm"].split()] for r in rows if r.get("cine_spacing_mm")]
+    spacing = np.median(np.array(spacings), axis=0).tolist() if spacings else [1.8, 1.8]
+    return {"spacing_mm": spacing,
+            "frame_interval": "R-R interval of the input ECG / 50 (median R-R over the record)",
+            "definition": "median canonical (row, column) spacing of the training cines, mm"}
+
+
+def find_bundle(path: str | Path) -> Path:
+    """``path`` itself when it is a bundle, else ``path/bundle`` (a flow run folder)."""
+    path = Path(path)
+    for candidate in (path, path / "bundle"):
+        if (candidate / "bundle.json").exists():
+            return candidate
+    raise InputError(path, "not a bundle: no bundle.json (train the flow stage, which writes RUN/bundle/)")
+
+
+def check_compatible(bundle: Path, pamae: torch.nn.Module, vae: torch.nn.Module, flow: torch.nn.Module) -> None:
+    """The three networks must agree on the ECG token width and the latent shape."""
+    from safetensors.torch import load_file
+
+    template = load_file(str(bundle / "template.safetensors"))["template"]
+    flow_template = getattr(flow, "template", None)
+    if flow_template is not None and tuple(flow_template.shape) != tuple(template.shape):
+        raise InputError(bundle, f"mismatched bundle: template {tuple(template.shape)} vs flow's "
+                                 f"{tuple(flow_template.shape)}")

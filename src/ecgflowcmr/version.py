@@ -1,0 +1,3 @@
+"""The package version (written into every bundle)."""
+
+__version__ = "0.1.0"
