@@ -217,9 +217,9 @@ def test_sampler_rejects_bad_arguments() -> None:
     with pytest.raises(ConfigError):
         sample(flow, cond, steps=0)
     with pytest.raises(ConfigError):
-        sample(flow, cond, method="rk4")
+        sample(flow, cond, steps=2, method="rk4")
     with pytest.raises(ConfigError):  # no unconditional model to guide with
-        sample(flow, cond, guidance=2.0)
+        sample(flow, cond, steps=2, guidance=2.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def test_a_few_training_steps_reduce_the_loss() -> None:
 class StubPAMAE(nn.Module):
     """encode_aligned: (B, 12, 5000) → tokens (B, 50, 8); the first item of every batch is 'invalid'."""
 
-    def encode_aligned(self, ecg: Tensor) -> SimpleNamespace:
+    def encode_aligned(self, ecg: Tensor, rpeaks: list | None = None) -> SimpleNamespace:
         tokens = ecg[:, :8, :5000].reshape(ecg.shape[0], 8, 50, 100).mean(-1).transpose(1, 2)
         valid = torch.ones(ecg.shape[0], dtype=torch.bool)
         valid[0] = False

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ecgflowcmr.atomic import atomic_dir, atomic_file, write_text_atomic
+from ecgflowcmr.canonical import SPACING_MM
 from ecgflowcmr.config import from_dict
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
@@ -179,7 +180,7 @@ def write_bundle(out: str | Path, *, pamae_run: Path, vae_run: Path, flow_run: P
                         "96×96, per-sample percentile normalisation to [-1, 1]",
             },
             "sampling": sampling,
-            "geometry": geometry or {"spacing_mm": [2.0, 2.0]},
+            "geometry": geometry or {"spacing_mm": [SPACING_MM, SPACING_MM]},
         }
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
     return out
@@ -191,7 +192,7 @@ def bundle_geometry(store: Path) -> dict[str, Any]:
 
     rows = StoreDataset(store, "train", fields=()).rows
     spacings = [[float(v) for v in r["cine_spacing_mm"].split()] for r in rows if r.get("cine_spacing_mm")]
-    spacing = np.median(np.array(spacings), axis=0).tolist() if spacings else [1.8, 1.8]
+    spacing = np.median(np.array(spacings), axis=0).tolist() if spacings else [SPACING_MM, SPACING_MM]
     return {"spacing_mm": spacing,
             "frame_interval": "R-R interval of the input ECG / 50 (median R-R over the record)",
             "definition": "median canonical (row, column) spacing of the training cines, mm"}

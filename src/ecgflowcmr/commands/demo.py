@@ -170,11 +170,13 @@ def _conditioning(out: Path, flow_run: Path, test: Any) -> dict[str, Any]:
             break
     if len(picked) < 2:
         return {"conditioning_items": {"value": len(picked), "definition": "fewer than 2 generated test items"}}
-    ecgs = np.stack([read_ecg(out / "cohort" / row["ecg_path"]).signal for _, row, _ in picked])  # as generate
+    records = [read_ecg(out / "cohort" / row["ecg_path"]) for _, row, _ in picked]  # as generate reads them
+    ecgs = np.stack([record.signal for record in records])
     real = np.stack([(cine_from_uint8(test.array("cine")[i]) + 1) / 2 for i, _, _ in picked])
     own = np.stack([np.load(path) for _, _, path in picked])
     seeds = [item_seed(0, row["subject_id"]) for _, row, _ in picked]  # generate's noise (seed 0) per item
-    return measure_conditioning(load_pipeline(flow_run), ecgs, seeds, real, own=own)
+    return measure_conditioning(load_pipeline(flow_run), ecgs, seeds, real, own=own,
+                                rpeaks=[record.rpeaks for record in records])
 
 
 def _conditioning_html(m: dict[str, Any]) -> str:
@@ -231,12 +233,13 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
 def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, timings: dict[str, float]) -> Path:
     """report.html + metrics.json from the finished runs and the generated test split."""
     from ecgflowcmr.commands.generate import shard_of
+    from ecgflowcmr.signal.phase import rpeaks_from_labels
     from ecgflowcmr.store.prepared import StoreDataset, cine_from_uint8
     from ecgflowcmr.viz import render_cine_video
 
     media = out / "report_media"
     media.mkdir(exist_ok=True)
-    test = StoreDataset(store, "test", fields=("ecg", "cine"))
+    test = StoreDataset(store, "test", fields=("ecg", "phase", "cine"))
     per_subject, blocks = [], []
     for i, row in enumerate(test.rows):
         sid = row["subject_id"]
@@ -250,7 +253,8 @@ def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, ti
         if len(blocks) < N_REPORT:
             gif = media / f"{sid}.gif"
             render_cine_video([real, fake], gif, ecg_signal=np.asarray(test.array("ecg")[i], dtype=np.float32),
-                              titles=["real", "generated"], fps=12.5)
+                              titles=["real", "generated"], fps=12.5,
+                              rpeaks=rpeaks_from_labels(np.asarray(test.array("phase")[i], dtype=np.float32)))
             blocks.append((sid, row, gif.name))
     t = time.perf_counter()
     conditioning = _conditioning(out, runs["flow"], test)

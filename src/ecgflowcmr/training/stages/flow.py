@@ -201,16 +201,18 @@ def encode_split(data: Path, split: str, pamae_net: nn.Module, vae_net: nn.Modul
     batch by batch (nothing accumulates in memory), and meta.json (``key`` + the count of items left out
     because their ECG has no valid aligned cycle). The folder appears whole or not at all.
     """
+    from ecgflowcmr.signal.phase import rpeaks_from_labels
     from ecgflowcmr.store.prepared import StoreDataset
 
-    dataset = StoreDataset(data, split, fields=("ecg", "cine"))
+    dataset = StoreDataset(data, split, fields=("ecg", "phase", "cine"))
     loader = DataLoader(Subset(dataset, range(rank, len(dataset), world)), batch_size=batch_size)
     dropped = 0
     with atomic_dir(out) as tmp:
         files = {name: NpyAppender(tmp / f"{name}.npy", dtype)
                  for name, dtype in (("z1", np.float32), ("cond", np.float32), ("index", np.int64))}
         for batch in loader:
-            aligned = pamae_net.encode_aligned(batch["ecg"].to(device))
+            rpeaks = [rpeaks_from_labels(p) for p in batch["phase"].numpy()]  # the R-peaks read_ecg found
+            aligned = pamae_net.encode_aligned(batch["ecg"].to(device), rpeaks)
             keep = aligned.valid.bool().cpu()
             dropped += int((~keep).sum())
             if not keep.any():

@@ -7,7 +7,6 @@ on ``val``; ``finalize`` measures reconstruction, phase and cycle finding on ``t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,11 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
+from ecgflowcmr.canonical import token_centre
 from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.models.align import cycle_boundaries, token_labels
 from ecgflowcmr.models.pa_mae import PAMAE, PAMAEConfig
-from ecgflowcmr.signal.phase import rpeak_f1
+from ecgflowcmr.signal.phase import rpeak_f1, rpeaks_from_labels
 from ecgflowcmr.store.prepared import StoreDataset, split_size
 from ecgflowcmr.training.config import TrainConfig
 from ecgflowcmr.training.loop import Setup
@@ -71,15 +71,6 @@ def _circular_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.atan2(torch.sin(d), torch.cos(d)).abs()
 
 
-def rpeaks_from_labels(phase: np.ndarray) -> np.ndarray:
-    """R-peak sample indices implied by per-sample phase labels (S,): where the known phase starts or wraps."""
-    known = np.isfinite(phase)
-    prev = np.concatenate([[np.nan], phase[:-1]])
-    start = known & ~np.isfinite(prev)
-    wrap = known & np.isfinite(prev) & (phase - prev < -math.pi)
-    return np.flatnonzero(start | wrap)
-
-
 @torch.no_grad()
 def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dict[str, Any]:
     """Held-out metrics (``test`` split, else ``val``), each ``{"value", "definition"}``."""
@@ -118,11 +109,11 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
         sums["phase_err"] += _circular_error(phase, torch.nan_to_num(y))[known].sum().item()
         sums["known"] += known.sum().item()
         # cycle boundaries (predicted phase wraps) vs the label's R-peaks
+        truths = [rpeaks_from_labels(row) for row in label]  # the R-peaks read_ecg found (store labels)
         for b, pos in enumerate(cycle_boundaries(phase.cpu())):
-            truth = rpeaks_from_labels(label[b])
-            f1.append(rpeak_f1(truth, np.round(pos * mc.patch + mc.patch / 2).astype(np.int64)))
-            f1_ref.append(rpeak_f1(truth, detect_rpeaks(ecg[b, 1].cpu().numpy(), fs=mc.fs)))
-        aligned = model.encode_aligned(ecg)
+            f1.append(rpeak_f1(truths[b], np.round(token_centre(pos, mc.patch)).astype(np.int64)))
+            f1_ref.append(rpeak_f1(truths[b], detect_rpeaks(ecg[b, 1].cpu().numpy(), fs=mc.fs)))
+        aligned = model.encode_aligned(ecg, truths)
         sources.append(aligned.source.cpu())
         valid.append(aligned.valid.cpu())
     source = torch.cat(sources)
@@ -143,14 +134,14 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
                           "per-ECG F1 of cycle boundaries (wraps of the predicted phase, at token resolution) "
                           f"against the label's R-peaks, match within 20 ms (10 samples), averaged over {where}"},
         "reference_detector_rpeak_f1_20ms": {"value": float(np.mean(f1_ref)), "definition":
-                                             "same F1 for NeuroKit2 R-peak detection on lead II "
+                                             "same F1 for the classical detector on lead II alone "
                                              "(ecgflowcmr.signal.phase.detect_rpeaks), for reference"},
         "fraction_cycle_from_predicted_phase": {"value": float((source == 0).float().mean()), "definition":
                                                 f"fraction of ECGs whose aligned cycle came from the predicted "
                                                 f"phase (source 0; cut {mc.align_cut}, {mc.align_aggregate}), "
                                                 f"{where}"},
         "fraction_cycle_from_detected_rpeaks": {"value": float((source == 1).float().mean()), "definition":
-                                                "fraction that fell back on R-peaks detected on lead II (source 1)"},
+                                                "fraction that fell back on the ECG's R-peaks (source 1)"},
         "fraction_valid": {"value": float(torch.cat(valid).float().mean()), "definition":
                            "fraction of ECGs accepted as input (finite, no flat lead)"},
         "n_ecgs": {"value": n, "definition": where},
