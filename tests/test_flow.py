@@ -359,7 +359,7 @@ def test_stage_trains_end_to_end_with_the_engine(synthetic_store: Path, tmp_path
     from ecgflowcmr.training.tasks import run_stage
 
     sets = ["train.steps=4", "train.batch_size=2", "train.val_every=2", "train.ckpt_every=2", "train.log_every=1",
-            "train.device=cpu", "model.sample_steps=2", "stage.eval_items=2"]
+            "train.device=cpu", "model.sample_steps=2", "eval.max_items=2"]
     run = run_stage(flow_stage, "flow", synthetic_store, tmp_path / "run", config="tiny", sets=sets,
                     pamae=upstream["pamae"], vae=upstream["vae"])
     metrics = json.loads((run / "metrics.json").read_text())

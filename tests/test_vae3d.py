@@ -324,7 +324,7 @@ def test_stage_end_to_end_writes_scale_template_metrics(synthetic_store, tmp_pat
     run = train("vae", synthetic_store, tmp_path / "run", "tiny",  # tiny, narrowed further for speed
                 sets=["model.channels=[4,4,8,8]", "model.norm_groups=4", "model.attention_heads=2",
                       "train.steps=2", "train.batch_size=1", "train.warmup_steps=1", "train.val_batches=1",
-                      f"stage.template={mode}", "stage.eval_max_items=1", "stage.eval_batch_size=4"])
+                      f"stage.template={mode}", "eval.max_items=1", "eval.batch_size=4"])
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("psnr_db", "ssim", "latent_scale", "template_psnr_db"):
         assert math.isfinite(metrics[key]["value"]) and metrics[key]["definition"]
@@ -354,7 +354,7 @@ def test_resume_continues_the_gan_discriminator(synthetic_store, tmp_path):
 
     sets = ["model.channels=[4,4,8,8]", "model.norm_groups=4", "model.attention_heads=2", "model.gan_weight=0.5",
             "model.gan_start=0", "model.disc_channels=4", "model.disc_lr=0.1", "train.steps=4", "train.batch_size=1",
-            "train.warmup_steps=1", "train.val_every=0", "train.ckpt_every=2", "stage.eval_max_items=1"]
+            "train.warmup_steps=1", "train.val_every=0", "train.ckpt_every=2", "eval.max_items=1"]
     whole = train("vae", synthetic_store, tmp_path / "whole", "tiny", sets=sets)
     train("vae", synthetic_store, tmp_path / "resumed", "tiny", sets=[*sets, "train.stop_at_step=2"])
     resumed = train("vae", synthetic_store, tmp_path / "resumed", "tiny", sets=sets, resume="latest")

@@ -24,7 +24,7 @@ BUDGET_S = {"pamae": 100, "vae": 325, "flow": 200}
 QUICK_STEPS = {"pamae": 4, "vae": 4, "flow": 4}
 N_SUBJECTS = 240
 # Evaluation caps: finalize measures on this many held-out items so the demo keeps its time budget.
-EVAL_SETS = {"pamae": [], "vae": ["stage.eval_max_items=12"], "flow": ["stage.eval_items=8"]}
+EVAL_SETS = {"pamae": [], "vae": ["eval.max_items=12"], "flow": ["eval.max_items=8"]}
 # Full-demo step counts (the schedule's length); the wall-time budget above stops a slower machine early.
 DEMO_STEPS = {"pamae": 400, "vae": 400, "flow": 600}
 N_REPORT = 6

@@ -28,7 +28,7 @@ from ecgflowcmr.bundle import bundle_geometry, load_pamae, load_vae, read_templa
 from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
 from ecgflowcmr.flow.sampler import sample
-from ecgflowcmr.training.config import TrainConfig
+from ecgflowcmr.training.config import EvalConfig, TrainConfig
 
 if TYPE_CHECKING:
     from ecgflowcmr.training.loop import Setup
@@ -41,16 +41,10 @@ SPLITS = ("train", "val", "test")
 class FlowStageConfig:
     encode_batch_size: int = 8
     """Batch size when encoding the store with the frozen PA-MAE and VAE (once, before training)."""
-    eval_items: int = 64
-    """Test items sampled in ``finalize`` (0 = all)."""
-    eval_seed: int = 0
-    """Seed of the sampling noise in ``finalize``."""
 
     def __post_init__(self) -> None:
         if self.encode_batch_size < 1:
             raise ConfigError("stage.encode_batch_size", f"must be ≥ 1, got {self.encode_batch_size}")
-        if self.eval_items < 0:
-            raise ConfigError("stage.eval_items", f"must be ≥ 0, got {self.eval_items}")
 
 
 @dataclass
@@ -58,6 +52,7 @@ class RunConfig:
     model: FlowConfig = field(default_factory=FlowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     stage: FlowStageConfig = field(default_factory=FlowStageConfig)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_items=64))
 
 
 class LatentPairs(Dataset):
@@ -353,7 +348,7 @@ def evaluate(model: nn.Module, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     pairs = open_encoded_split(run_dir, "test")
     if pairs is None:
         return {"flow_test_items": {"value": 0, "definition": "no paired test item with a valid ECG alignment"}}
-    n = len(pairs) if cfg.stage.eval_items == 0 else min(cfg.stage.eval_items, len(pairs))
+    n = len(pairs) if cfg.eval.max_items == 0 else min(cfg.eval.max_items, len(pairs))
     test = pairs.tensors(n)  # only the items evaluated are read into memory
     z1, cond = test["z1"], test["cond"]
     config: FlowConfig = model.config
@@ -361,16 +356,16 @@ def evaluate(model: nn.Module, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     model.eval()
 
     def generate(c: Tensor) -> Tensor:  # the same noise for every call
-        generator = torch.Generator(device=device).manual_seed(cfg.stage.eval_seed)
+        generator = torch.Generator(device=device).manual_seed(cfg.eval.seed)
         out = []
-        for start in range(0, n, cfg.stage.encode_batch_size):
-            part = c[start : start + cfg.stage.encode_batch_size].to(device)
+        for start in range(0, n, cfg.eval.batch_size):
+            part = c[start : start + cfg.eval.batch_size].to(device)
             out.append(sample(model, part, steps=config.sample_steps, method=config.sample_method,
                               guidance=config.sample_guidance, generator=generator).cpu())
         return torch.cat(out)
 
     how = (f"{config.sample_steps} {config.sample_method} steps, guidance {config.sample_guidance}, "
-           f"α={config.alpha}, seed {cfg.stage.eval_seed}, {n} test items, scaled VAE latent units")
+           f"α={config.alpha}, seed {cfg.eval.seed}, {n} test items, scaled VAE latent units")
     other = "item i paired with test item i − 1 (cyclic)"
     metrics: dict[str, Any] = {
         "flow_latent_mse": {

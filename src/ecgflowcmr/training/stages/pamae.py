@@ -17,36 +17,22 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
 from ecgflowcmr.canonical import token_centre
-from ecgflowcmr.errors import ConfigError, InputError
+from ecgflowcmr.errors import InputError
 from ecgflowcmr.models.align import cycle_boundaries, token_labels
 from ecgflowcmr.models.pa_mae import PAMAE, PAMAEConfig
 from ecgflowcmr.signal.phase import rpeak_f1, rpeaks_from_labels
 from ecgflowcmr.store.prepared import StoreDataset, split_size
-from ecgflowcmr.training.config import TrainConfig
+from ecgflowcmr.training.config import EvalConfig, TrainConfig
 from ecgflowcmr.training.loop import Setup
 
 FIELDS = ("ecg", "phase")
 
 
 @dataclass
-class EvalConfig:
-    batch_size: int = 16
-    """ECGs per evaluation batch in ``finalize``."""
-    max_items: int = 0
-    """Cap on held-out ECGs evaluated (0 = the whole split)."""
-    seed: int = 0
-    """Seed of the random masks used to measure reconstruction (same masks for every run)."""
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_items < 0:
-            raise ConfigError("eval.batch_size", "batch_size must be ≥ 1 and max_items ≥ 0")
-
-
-@dataclass
 class RunConfig:
     model: PAMAEConfig = field(default_factory=PAMAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(batch_size=16))
     use_ecg_only: bool = True
     """Also train on the store's ``ecg_only`` split (the ECG-only cohort; PA-MAE needs no cine)."""
 

@@ -25,11 +25,11 @@ from torch import nn
 
 from ecgflowcmr.atomic import atomic_file
 from ecgflowcmr.bundle import save_weights
-from ecgflowcmr.errors import ConfigError, InputError
+from ecgflowcmr.errors import InputError
 from ecgflowcmr.models.image_metrics import PSNR_DEFINITION, SSIM_DEFINITION, psnr, ssim
 from ecgflowcmr.models.vae3d import VAEConfig, VideoVAE
 from ecgflowcmr.store.prepared import StoreDataset, read_store_meta, split_size
-from ecgflowcmr.training.config import TrainConfig
+from ecgflowcmr.training.config import EvalConfig, TrainConfig
 from ecgflowcmr.training.loop import Setup
 
 FIELDS = ("cine",)
@@ -40,14 +40,6 @@ TEMPLATE_FILE = "template.safetensors"
 class StageConfig:
     template: Literal["static", "per_frame"] = "static"
     """Template = mean latent over subjects and frames, broadcast over time (paper, public code), or per frame."""
-    eval_batch_size: int = 2
-    """Cines per batch when encoding the training set and evaluating in ``finalize``."""
-    eval_max_items: int = 0
-    """Cap on held-out cines measured (0 = the whole split)."""
-
-    def __post_init__(self) -> None:
-        if self.eval_batch_size < 1 or self.eval_max_items < 0:
-            raise ConfigError("stage.eval_batch_size", "eval_batch_size must be ≥ 1 and eval_max_items ≥ 0")
 
 
 @dataclass
@@ -55,6 +47,8 @@ class RunConfig:
     model: VAEConfig = field(default_factory=VAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(batch_size=2))
+    """``eval.batch_size`` also batches the template's pass over the training set."""
 
 
 
@@ -114,7 +108,7 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
     data, run_dir = Path(data), Path(run_dir)
     model.eval()
     device = next(model.parameters()).device
-    bs = cfg.stage.eval_batch_size
+    bs = cfg.eval.batch_size
 
     train_set = StoreDataset(data, "train", fields=FIELDS)
     std, frame_mean = latent_statistics(model, train_set, bs)
@@ -127,7 +121,7 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
 
     split = "test" if split_size(data, "test") > 0 else "val"
     held_out = StoreDataset(data, split, fields=FIELDS)
-    n = len(held_out) if cfg.stage.eval_max_items == 0 else min(len(held_out), cfg.stage.eval_max_items)
+    n = len(held_out) if cfg.eval.max_items == 0 else min(len(held_out), cfg.eval.max_items)
     if n == 0:
         raise InputError(data, "no held-out cines (test and val splits are empty)")
     anatomy = (model.decode_latent(template[None].to(device)) + 1) / 2  # (1, 1, T, H, W) in [0, 1]
