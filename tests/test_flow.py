@@ -14,9 +14,11 @@ from torch import Tensor, nn
 
 from ecgflowcmr.bundle import load_flow, read_template, save_weights
 from ecgflowcmr.errors import ConfigError, InputError
+from ecgflowcmr.evaluation.stage_metrics import flow_metrics
 from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
 from ecgflowcmr.flow.sampler import sample
 from ecgflowcmr.models.dit import DiTConfig
+from ecgflowcmr.store import latents
 
 SMALL = DiTConfig(latent_channels=2, frames=6, latent_size=4, cond_dim=8, width=32, depth=1, heads=2)
 SHAPE = (2, 6, 4, 4)
@@ -311,7 +313,7 @@ def test_stage_encodes_caches_finalizes_and_loads(synthetic_store: Path, tmp_pat
     model_cfg = flow_stage.fit_to_upstream(cfg.model, first["z1"][None], first["cond"][None])
     assert (model_cfg.dit.latent_channels, model_cfg.dit.cond_dim, model_cfg.dit.width) == (2, 8, 16)
     model = FlowMatching(model_cfg, read_template(upstream["vae"]))
-    metrics = flow_stage.evaluate(model, cfg, run)  # finalize = this + the bundle (tests/test_pipeline.py)
+    metrics = flow_metrics(model, latents.open_encoded_split(run, "test"), cfg.eval)  # finalize: this + the bundle
     names = ("flow_latent_mse", "flow_latent_mse_template", "flow_latent_mse_other_ecg", "flow_latent_mse_real_pairs")
     for name in names:
         assert metrics[name]["value"] >= 0 and metrics[name]["definition"]
@@ -430,7 +432,7 @@ def test_cache_is_reused_unchanged_and_rebuilt_when_stale(synthetic_store: Path,
     first = snapshot()
     assert sorted(p.name for p in cache.iterdir()) == ["test-0of1", "train-0of1", "val-0of1"]  # no temp left
     meta = json.loads((cache / "train-0of1" / "meta.json").read_text())
-    assert meta["dropped_invalid_ecg"] == "3" and meta["items"] == "5" and meta["version"] == flow_stage.CACHE_VERSION
+    assert meta["dropped_invalid_ecg"] == "3" and meta["items"] == "5" and meta["version"] == latents.CACHE_VERSION
     flow_stage.encoded_splits(*args)
     assert snapshot() == first and len(upstream["loads"]) == 1  # not rewritten, networks not loaded
 
@@ -443,18 +445,17 @@ def test_cache_is_reused_unchanged_and_rebuilt_when_stale(synthetic_store: Path,
 
 
 def test_shards_join_in_item_order_and_train_like_tensors_in_memory(synthetic_store: Path, tmp_path: Path) -> None:
-    from ecgflowcmr.training.stages import flow as flow_stage
 
     for rank in (1, 0):  # two ranks of items 0..7 in batches of 3: 0, 6 and 1, 7 open a batch (invalid)
-        out = flow_stage._shard_path(tmp_path, "train", rank, 2)
+        out = latents._shard_path(tmp_path, "train", rank, 2)
         out.parent.mkdir(parents=True, exist_ok=True)
-        dropped = flow_stage.encode_split(synthetic_store, "train", StubPAMAE(), StubVAE(), 3, torch.device("cpu"),
-                                          out, {"version": flow_stage.CACHE_VERSION}, rank, 2)
+        dropped = latents.encode_split(synthetic_store, "train", StubPAMAE(), StubVAE(), 3, torch.device("cpu"),
+                                          out, {"version": latents.CACHE_VERSION}, rank, 2)
         assert dropped == 2
-    pairs = flow_stage.open_encoded_split(tmp_path, "train")
+    pairs = latents.open_encoded_split(tmp_path, "train")
     assert pairs is not None and pairs.index.tolist() == [2, 3, 4, 5] and len(pairs.folders) == 2
     reference = stub_encoding(synthetic_store, "train", [2, 3, 4, 5])
-    loaded = flow_stage.read_encoded_split(tmp_path, "train", world=2)
+    loaded = latents.read_encoded_split(tmp_path, "train", world=2)
     assert torch.equal(loaded["z1"], reference["z1"]) and torch.equal(loaded["cond"], reference["cond"])
 
     def losses(dataset: torch.utils.data.Dataset) -> list[float]:

@@ -1,5 +1,4 @@
-"""The training engine's configuration (``train.*``) and the held-out measurement after training (``eval.*``),
-the same two dataclasses for every stage (PA-MAE, VAE, flow)."""
+"""The training engine's configuration: one dataclass shared by every stage (PA-MAE, VAE, flow)."""
 
 from __future__ import annotations
 
@@ -81,21 +80,3 @@ class TrainConfig:
             raise ConfigError("train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError("train.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-
-
-@dataclass
-class EvalConfig:
-    """How a stage measures its trained model on held-out data after training (``finalize``)."""
-
-    max_items: int = 0
-    """Cap on held-out items measured (0 = the whole split)."""
-    batch_size: int = 8
-    """Items per batch while measuring."""
-    seed: int = 0
-    """Seed of the measurement's randomness (masks, sampling noise): the same for every run."""
-
-    def __post_init__(self) -> None:
-        if self.max_items < 0:
-            raise ConfigError("eval.max_items", f"must be ≥ 0 (0 = the whole split), got {self.max_items}")
-        if self.batch_size < 1:
-            raise ConfigError("eval.batch_size", f"must be ≥ 1, got {self.batch_size}")
