@@ -145,22 +145,30 @@ def test_train_frames_crops_a_circular_window_in_training_only():
     assert ((window.flatten().diff() % 6) == 1).all()  # consecutive frames, wrapping around the cycle
 
 
-def test_gan_option_steps_its_own_discriminator_outside_the_module():
-    model = small(gan_weight=0.1, gan_start=1, disc_channels=8)
-    assert not any("disc" in k for k in model.state_dict())  # the engine never sees the discriminator
-    disc = model._disc[0]
+def test_gan_discriminator_is_trained_by_the_loop_not_inside_forward():
+    from ecgflowcmr.models.vae3d import PatchDiscriminator3d
+    from ecgflowcmr.training.adversary import Adversary
+
+    model = small(gan_weight=0.1)
+    adversary = Adversary(PatchDiscriminator3d(1, 8), lr=1e-3, start=1)
+    disc = adversary.discriminator
     before = [p.clone() for p in disc.parameters()]
     x = clip()
-    _, parts = model({"cine": x})
-    assert parts["gen_adv"] == parts["disc_loss"] == 0.0  # before gan_start (same keys every step)
+    _, parts = model({"cine": x}, adversary)
+    assert parts["gen_adv"] == 0.0  # before the start step (same keys every step)
+    assert adversary.step() == {"disc_loss": 0.0}
     assert all(torch.equal(a, p) for a, p in zip(before, disc.parameters()))
-    loss, parts = model({"cine": x})
-    assert parts["disc_loss"] > 0 and parts["gen_adv"] != 0.0
-    assert any(not torch.equal(a, p) for a, p in zip(before, disc.parameters()))
-    disc_grads = [p.grad.clone() for p in disc.parameters()]
+    loss, parts = model({"cine": x}, adversary)
+    assert parts["gen_adv"] != 0.0
+    assert all(torch.equal(a, p) for a, p in zip(before, disc.parameters()))  # forward never steps D
     loss.backward()  # the generator's loss must not touch the discriminator
-    assert all(torch.equal(g, p.grad) for g, p in zip(disc_grads, disc.parameters()))
+    assert all(p.grad is None for p in disc.parameters())
     assert model.decoder.layers[-1].weight.grad is not None
+    assert adversary.step()["disc_loss"] > 0  # the loop's call: one hinge update on the kept pair
+    assert any(not torch.equal(a, p) for a, p in zip(before, disc.parameters()))
+    assert not any("disc" in k for k in model.state_dict())  # the engine's export never sees D
+    _, parts = model({"cine": x})
+    assert "gen_adv" not in parts  # without an adversary (evaluation, inference): the VAE alone
 
 
 # --------------------------------------------------------------------------------------------------

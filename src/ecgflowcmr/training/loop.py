@@ -36,6 +36,7 @@ from ecgflowcmr.errors import InputError
 from ecgflowcmr.training import checkpoint as ckpt
 from ecgflowcmr.training import distributed as dist
 from ecgflowcmr.training import seeding
+from ecgflowcmr.training.adversary import Adversary
 from ecgflowcmr.training.config import TrainConfig
 from ecgflowcmr.training.logging import RunLogger
 from ecgflowcmr.training.seeding import BatchStream, EpochBatches, Purpose, SeededItems, derive_seed
@@ -52,6 +53,9 @@ class Setup:
     val_set: Dataset | None = None
     collate_fn: Callable | None = None
     """Default: torch's default collate (dicts of tensors stack)."""
+    adversary: Adversary | None = None
+    """A discriminator trained against the model (e.g. the VAE's PatchGAN): then the loop calls
+    ``model(batch, adversary)`` and steps the adversary once per optimizer step, after the model's backward."""
 
 
 @dataclass
@@ -177,7 +181,7 @@ def fit(setup: Setup, cfg: TrainConfig, run_dir: str | Path, *, resume: str | Pa
     if resume is not None:
         path = ckpt.resolve_resume(run_dir, resume)
         state = ckpt.load_checkpoint(path)
-        _restore(path, state, model, ema, optimizer, rank, world)
+        _restore(path, state, model, ema, optimizer, setup.adversary, rank, world)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch"]
         best_val, elapsed = state["best_val_loss"], state["time"]
     log = RunLogger(run_dir, enabled=dist.is_main(), total_steps=total, start_step=step,
@@ -224,8 +228,8 @@ def fit(setup: Setup, cfg: TrainConfig, run_dir: str | Path, *, resume: str | Pa
         state = {"step": step, "epoch": stream.epoch, "batch": stream.batch, "best_val_loss": best_val,
                  "time": now(), "config": config_yaml, "model": model.state_dict(), "ema": ema.state_dict(),
                  "optimizer": optimizer.state_dict()}
-        if hasattr(model, "training_state"):  # state a model keeps outside its parameters (e.g. a GAN critic)
-            state["extra"] = model.training_state()
+        if setup.adversary is not None:
+            state["adversary"] = setup.adversary.state_dict()
         _check_finite(state, folder)
         state["rng"] = dist.all_gather_objects(seeding.rng_state())
         if dist.is_main():
@@ -239,7 +243,7 @@ def fit(setup: Setup, cfg: TrainConfig, run_dir: str | Path, *, resume: str | Pa
             for group in optimizer.param_groups:
                 group["lr"] = lr
             net.train()
-            loss_sum, parts_sum = _accumulate_gradients(net, stream, cfg, step, use_bf16)
+            loss_sum, parts_sum = _accumulate_gradients(net, stream, cfg, step, use_bf16, setup.adversary)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
             if dist.all_reduce_flag(not (torch.isfinite(loss_sum) and torch.isfinite(grad_norm))):
                 nonfinite += 1
@@ -286,10 +290,11 @@ def fit(setup: Setup, cfg: TrainConfig, run_dir: str | Path, *, resume: str | Pa
                      last_val_loss=last_val)
 
 
-def _accumulate_gradients(net: nn.Module, stream: BatchStream, cfg: TrainConfig, step: int,
-                          use_bf16: bool) -> tuple[torch.Tensor, dict[str, Any]]:
+def _accumulate_gradients(net: nn.Module, stream: BatchStream, cfg: TrainConfig, step: int, use_bf16: bool,
+                          adversary: Adversary | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Forward + backward over ``grad_accum`` micro-batches (gradients of their mean loss); under DDP the
-    gradient all-reduce runs on the last one only. Returns the summed loss and parts."""
+    gradient all-reduce runs on the last one only; then the adversary's update, if any. Returns the summed
+    loss and parts."""
     info = dist.info()
     loss_sum, parts_sum = torch.zeros((), device=info.device), {}
     for micro in range(cfg.grad_accum):
@@ -298,11 +303,13 @@ def _accumulate_gradients(net: nn.Module, stream: BatchStream, cfg: TrainConfig,
         last = micro == cfg.grad_accum - 1
         with contextlib.nullcontext() if info.world_size == 1 or last else net.no_sync():
             with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, parts = net(batch)
+                loss, parts = net(batch) if adversary is None else net(batch, adversary)
             (loss / cfg.grad_accum).backward()
         loss_sum += loss.detach().float()
         for k, v in parts.items():
             parts_sum[k] = parts_sum.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else v)
+    if adversary is not None:
+        parts_sum |= adversary.step()
     return loss_sum, parts_sum
 
 
@@ -341,13 +348,15 @@ def _evaluate(model: nn.Module, setup: Setup, cfg: TrainConfig, device: torch.de
 
 
 def _restore(path: Path, state: dict[str, Any], model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,
-             rank: int, world: int) -> None:
+             adversary: Adversary | None, rank: int, world: int) -> None:
     try:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
-        if hasattr(model, "load_training_state") and "extra" in state:
-            model.load_training_state(state["extra"])
+        if adversary is not None:
+            if "adversary" not in state:
+                raise KeyError("the checkpoint has no discriminator state (gan_weight was 0 when it was written)")
+            adversary.load_state_dict(state["adversary"])
     except (RuntimeError, KeyError, ValueError) as err:
         raise InputError(path, f"checkpoint does not fit this model/config ({' '.join(str(err).split())[:300]})"
                          ) from None

@@ -27,8 +27,9 @@ from ecgflowcmr.atomic import atomic_file
 from ecgflowcmr.bundle import save_weights
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.evaluation.stage_metrics import EvalConfig, cine_batches, vae_metrics
-from ecgflowcmr.models.vae3d import VAEConfig, VideoVAE
+from ecgflowcmr.models.vae3d import PatchDiscriminator3d, VAEConfig, VideoVAE
 from ecgflowcmr.store.prepared import StoreDataset, read_store_meta, split_size
+from ecgflowcmr.training.adversary import Adversary
 from ecgflowcmr.training.config import TrainConfig
 from ecgflowcmr.training.loop import Setup
 
@@ -63,7 +64,12 @@ def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = Non
         raise InputError(data, f"cines are {cine} but model.frames/size expect "
                                f"{(cfg.model.frames, cfg.model.size, cfg.model.size)}")
     val_set = StoreDataset(data, "val", fields=FIELDS) if split_size(data, "val") > 0 else None
-    return Setup(model=VideoVAE(cfg.model), train_set=train_set, val_set=val_set)
+    model = VideoVAE(cfg.model)
+    adversary = None
+    if cfg.model.gan_weight > 0:  # the optional PatchGAN, trained against the VAE by the loop
+        disc = PatchDiscriminator3d(cfg.model.in_channels, cfg.model.disc_channels)
+        adversary = Adversary(disc, lr=cfg.model.disc_lr, start=cfg.model.gan_start)
+    return Setup(model=model, train_set=train_set, val_set=val_set, adversary=adversary)
 
 
 @torch.no_grad()
