@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ecgflowcmr.bundle import load_flow, read_template, save_weights
+from ecgflowcmr.bundle import load_model, read_template, save_weights
 from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.evaluation.stage_metrics import flow_metrics
 from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
@@ -322,7 +322,7 @@ def test_stage_encodes_caches_finalizes_and_loads(synthetic_store: Path, tmp_pat
                                                                 abs=0.2)
 
     save_weights(model, run, dataclasses.asdict(model.config))
-    loaded = load_flow(run)
+    loaded = load_model(run, "flow")
     assert loaded.config == model.config and not loaded.training
     assert torch.equal(loaded.template, model.template)
     cond = encoded["test"].tensors()["cond"][:2]
@@ -367,7 +367,7 @@ def test_stage_trains_end_to_end_with_the_engine(synthetic_store: Path, tmp_path
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["training"]["steps"] == 4
     assert metrics["flow_latent_mse"]["value"] >= 0
-    flow = load_flow(run)
+    flow = load_model(run, "flow")
     assert flow.config.sample_steps == 2 and flow.config.dit.cond_dim == 8 and flow.config.dit.patch == 3
     assert (run / "cache" / "train-0of1" / "z1.npy").exists() and (run / "upstream.json").exists()
     assert (run / "bundle" / "bundle.json").exists() and (run / "bundle" / "flow" / "model.safetensors").exists()
@@ -447,7 +447,7 @@ def test_cache_is_reused_unchanged_and_rebuilt_when_stale(synthetic_store: Path,
 def test_shards_join_in_item_order_and_train_like_tensors_in_memory(synthetic_store: Path, tmp_path: Path) -> None:
 
     for rank in (1, 0):  # two ranks of items 0..7 in batches of 3: 0, 6 and 1, 7 open a batch (invalid)
-        out = latents._shard_path(tmp_path, "train", rank, 2)
+        out = latents.shard_path(tmp_path, "train", rank, 2)
         out.parent.mkdir(parents=True, exist_ok=True)
         dropped = latents.encode_split(synthetic_store, "train", StubPAMAE(), StubVAE(), 3, torch.device("cpu"),
                                           out, {"version": latents.CACHE_VERSION}, rank, 2)

@@ -199,7 +199,7 @@ def test_presets_load():
 
 
 def test_stage_build_finalize_load(synthetic_store, tmp_path):
-    from ecgflowcmr.bundle import load_pamae, save_weights
+    from ecgflowcmr.bundle import load_model, save_weights
     from ecgflowcmr.training.stages import pamae as stage
 
     cfg = stage.RunConfig(model=PAMAEConfig(**TINY))
@@ -213,7 +213,7 @@ def test_stage_build_finalize_load(synthetic_store, tmp_path):
     for name in ("rec_mse_mv2", "phase_circular_mae_rad", "rpeak_f1_20ms", "fraction_cycle_from_predicted_phase"):
         assert np.isfinite(metrics[name]["value"]) and metrics[name]["definition"]
     assert 0 <= metrics["phase_circular_mae_rad"]["value"] <= math.pi
-    loaded = load_pamae(tmp_path)
+    loaded = load_model(tmp_path, "pamae")
     ecg = batch["ecg"]
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode(ecg)[0], setup.model.eval().encode(ecg)[0])

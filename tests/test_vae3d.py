@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from ecgflowcmr.bundle import load_vae
+from ecgflowcmr.bundle import load_model
 from ecgflowcmr.errors import ConfigError
 from ecgflowcmr.models.image_metrics import gaussian_window, psnr, ssim
 from ecgflowcmr.models.vae3d import PRESETS, AxisAttention, PeriodicConv3d, VAEConfig, VideoVAE, kl_divergence
@@ -338,7 +338,7 @@ def test_stage_end_to_end_writes_scale_template_metrics(synthetic_store, tmp_pat
         assert math.isfinite(metrics[key]["value"]) and metrics[key]["definition"]
     assert -1 <= metrics["ssim"]["value"] <= 1
 
-    model = load_vae(run)
+    model = load_model(run, "vae")
     assert not model.training
     assert model.latent_scale.item() == pytest.approx(metrics["latent_scale"]["value"], rel=1e-6)
     with safe_open(str(run / "template.safetensors"), "pt") as fh:

@@ -1,17 +1,11 @@
 """The public inference API: ``load_pipeline(bundle)`` → ``.generate(ecg)`` and ``.ecg_phase(ecg)``.
 
-A bundle (DESIGN.md §4) is a folder::
-
-    bundle.json                 format, versions, preprocessing, sampling defaults, output geometry
-    pamae/  vae/  flow/         each model.safetensors + config.json
-    template.safetensors        the anatomical template (C, 50, 12, 12), scaled latent units
-
-Loading never unpickles; every weight key is checked; a partial or mismatched bundle fails with one line.
+The bundle it loads (a trained model folder) is read by ``bundle.read_bundle``; its layout is described
+there and in ``docs/formats.md``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecgflowcmr.bundle import (
-    BUNDLE_FORMAT,
-    BUNDLE_VERSION,
-    STAGE_FOLDERS,
-    check_compatible,
-    find_bundle,
-    load_flow,
-    load_pamae,
-    load_vae,
-)
+from ecgflowcmr.bundle import read_bundle
 from ecgflowcmr.canonical import LEADS, N_FRAMES, N_SAMPLES, SIZE, SPACING_MM, token_centre
 from ecgflowcmr.errors import InputError
 
@@ -180,21 +165,8 @@ class Pipeline:
 
 def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
     """Load a bundle (or a flow run folder holding ``bundle/``); checks that every part is there and fits."""
-    bundle = find_bundle(path)
-    meta = json.loads((bundle / "bundle.json").read_text())
-    if meta.get("format") != BUNDLE_FORMAT or meta.get("version") != BUNDLE_VERSION:
-        raise InputError(bundle / "bundle.json", f"not a version-{BUNDLE_VERSION} {BUNDLE_FORMAT}")
-    for name in STAGE_FOLDERS:
-        for fname in ("model.safetensors", "config.json"):
-            if not (bundle / name / fname).exists():
-                raise InputError(bundle, f"partial bundle: {name}/{fname} missing")
-    if not (bundle / "template.safetensors").exists():
-        raise InputError(bundle, "partial bundle: template.safetensors missing")
     device = torch.device(device)
-    pamae = load_pamae(bundle / "pamae", device=device)
-    vae = load_vae(bundle / "vae", device=device)
-    flow = load_flow(bundle / "flow", device=device)
-    check_compatible(bundle, pamae, vae, flow)
-    return Pipeline(bundle, pamae, vae, flow, meta, device)
+    bundle, meta, nets = read_bundle(path, device)
+    return Pipeline(bundle, nets["pamae"], nets["vae"], nets["flow"], meta, device)
 
 

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ecgflowcmr.atomic import atomic_dir
 from ecgflowcmr.errors import InputError
 
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"
+"""Version 3: the PA-MAE's R-peak fallback uses the R-peaks read_ecg found (from the store's phase labels)."""
 
 
 class LatentPairs(Dataset):
@@ -133,23 +134,23 @@ def _fingerprint(path: Path) -> str:
     return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _cache_key(data: Path, split: str, pamae: Path, vae: Path) -> dict[str, str]:
+def cache_key(data: Path, split: str, pamae_weights: Path, vae_weights: Path) -> dict[str, str]:
+    """What a cache shard was built from: the store and both networks' weight files (path, size, mtime)."""
     return {"version": CACHE_VERSION, "split": split, "store": _fingerprint(Path(data) / "store.json"),
-            "pamae": _fingerprint(Path(pamae) / "model.safetensors"),
-            "vae": _fingerprint(Path(vae) / "model.safetensors")}
+            "pamae": _fingerprint(Path(pamae_weights)), "vae": _fingerprint(Path(vae_weights))}
 
 
-def _read_cache_meta(folder: Path) -> dict[str, str] | None:
+def read_cache_meta(folder: Path) -> dict[str, str] | None:
     path = Path(folder) / "meta.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _cache_is_current(folder: Path, key: dict[str, str]) -> bool:
-    meta = _read_cache_meta(folder)
+def cache_is_current(folder: Path, key: dict[str, str]) -> bool:
+    meta = read_cache_meta(folder)
     return meta is not None and all(meta.get(k) == v for k, v in key.items())
 
 
-def _shard_path(run_dir: Path, split: str, rank: int, world: int) -> Path:
+def shard_path(run_dir: Path, split: str, rank: int, world: int) -> Path:
     return Path(run_dir) / "cache" / f"{split}-{rank}of{world}"
 
 
@@ -200,8 +201,8 @@ def open_encoded_split(run_dir: Path, split: str, world: int | None = None) -> L
         if not firsts:
             return None
         world = int(max(firsts, key=lambda p: (p / "meta.json").stat().st_mtime_ns).name.rsplit("of", 1)[1])
-    folders = [_shard_path(run_dir, split, r, world) for r in range(world)]
-    if any(_read_cache_meta(f) is None for f in folders):
+    folders = [shard_path(run_dir, split, r, world) for r in range(world)]
+    if any(read_cache_meta(f) is None for f in folders):
         return None
     pairs = LatentPairs(folders)
     return pairs if len(pairs) else None

@@ -1,14 +1,11 @@
 """Training stage ``flow``: the AMDF DiT on (VAE latent, aligned PA-MAE ECG tokens) pairs (paper §2.2).
 
 The PA-MAE and the VAE are frozen and stay outside the trained module: ``build`` encodes every paired
-split once (batched, no_grad) into the folder ``run_dir/cache/<split>-<rank>of<world>/`` — ``z1.npy``
-float32 (n, C, 50, 12, 12), ``cond.npy`` float32 (n, 50, D), ``index.npy`` int64 (n,), ``meta.json`` —
-reused on resume while the store and both upstream runs are unchanged, and read memory-mapped (at UK
-Biobank scale the arrays are ~8 GB: no process holds them). Plain .npy rather than safetensors because a
-.npy can be written batch by batch and mapped by any process. Items whose ECG yields no valid aligned cycle
-(``AlignedECG.valid`` False) are left out and counted in meta.json.
+split once into the latent cache ``run_dir/cache/`` (``store.latents``: memory-mapped, reused while the
+store and both upstream runs are unchanged), then builds the flow around the VAE's template.
+``finalize`` measures the test split (``evaluation.stage_metrics.flow_metrics``) and assembles
+``run_dir/bundle/`` (``bundle.write_bundle``).
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -21,17 +18,17 @@ import torch
 from torch import Tensor, nn
 
 from ecgflowcmr.atomic import write_text_atomic
-from ecgflowcmr.bundle import bundle_geometry, load_pamae, load_vae, read_template, write_bundle
+from ecgflowcmr.bundle import WEIGHTS_FILE, bundle_geometry, load_model, read_template, write_bundle
 from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.evaluation.stage_metrics import EvalConfig, flow_metrics
 from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
 from ecgflowcmr.store.latents import (
     LatentPairs,
-    _cache_is_current,
-    _cache_key,
-    _shard_path,
+    cache_is_current,
+    cache_key,
     encode_split,
     open_encoded_split,
+    shard_path,
 )
 from ecgflowcmr.training.config import TrainConfig
 
@@ -67,7 +64,7 @@ class RunConfig:
 def load_frozen(pamae: Path, vae: Path, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """The trained PA-MAE and VAE, frozen (eval mode, no gradients)."""
 
-    nets = (load_pamae(pamae, device=device), load_vae(vae, device=device))
+    nets = (load_model(pamae, "pamae", device), load_model(vae, "vae", device))
     for net in nets:
         net.eval().requires_grad_(False)
     return nets
@@ -87,9 +84,9 @@ def encoded_splits(data: Path, run_dir: Path, pamae: Path, vae: Path, batch_size
     present = [s for s in SPLITS if read_store_meta(data)["splits"].get(s, 0) > 0]
     nets: tuple[nn.Module, nn.Module] | None = None
     for split in present:
-        path = _shard_path(run_dir, split, rank, world)
-        key = _cache_key(data, split, pamae, vae)
-        if not _cache_is_current(path, key):
+        path = shard_path(run_dir, split, rank, world)
+        key = cache_key(data, split, Path(pamae) / WEIGHTS_FILE, Path(vae) / WEIGHTS_FILE)
+        if not cache_is_current(path, key):
             if nets is None:
                 nets = load_frozen(pamae, vae, device)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ecgflowcmr.atomic import atomic_file
-from ecgflowcmr.bundle import save_weights
+from ecgflowcmr.bundle import TEMPLATE_FILE, save_weights
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.evaluation.stage_metrics import EvalConfig, cine_batches, vae_metrics
 from ecgflowcmr.models.vae3d import PatchDiscriminator3d, VAEConfig, VideoVAE
@@ -34,7 +34,6 @@ from ecgflowcmr.training.config import TrainConfig
 from ecgflowcmr.training.loop import Setup
 
 FIELDS = ("cine",)
-TEMPLATE_FILE = "template.safetensors"
 
 
 @dataclass
