@@ -296,7 +296,6 @@ def test_two_gloo_ranks_match_one_rank_with_the_same_global_batch(tmp_path):
         for r2, r1 in zip(curve_two, curve_one):
             assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
             assert r2["parts"]["mae"] == pytest.approx(r1["parts"]["mae"], rel=1e-5)
-    assert not list((tmp_path / "two").glob("params-rank2.pt"))
 
 
 def test_nonfinite_step_is_skipped_and_training_goes_on(tmp_path):
