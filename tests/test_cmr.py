@@ -282,7 +282,7 @@ def test_dicom_too_many_missing_frames_is_refused(tmp_path):
 
 
 def test_mixed_lax_series_gives_the_middle_view(tmp_path):
-    """A CINE_segmented_LAX series of 3×T images in the order 3Ch, 4Ch, 2Ch (FORMATS.md)."""
+    """A CINE_segmented_LAX series of 3×T images in the order 3Ch, 4Ch, 2Ch (docs/formats.md)."""
     t = 12
     views = [np.full((t, 32, 32), v, np.uint16) for v in (100, 200, 300)]
     for v in views:

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("phantom", help="simulate a paired ECG-cine cohort (WFDB + NIfTI + manifest.csv)",
-                       description="Simulate a paired ECG-cine CMR cohort (DESIGN.md §6). Writes WFDB ECGs, "
+                       description="Simulate a paired ECG-cine CMR cohort (docs/decisions.md). Writes WFDB ECGs, "
                        "NIfTI cines and label masks, and manifest.csv. Same seed, same bytes.")
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument("--n", type=int, required=True, help="number of subjects")
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="preprocess a manifest into a memory-mapped training store",
                        description="Read every file a manifest names, canonicalise it, and write the "
                        "fixed-shape training store. Resumable; bad items go to skipped.csv.")
-    p.add_argument("--manifest", type=Path, required=True, help="manifest.csv (DESIGN.md §4)")
+    p.add_argument("--manifest", type=Path, required=True, help="manifest.csv (docs/formats.md)")
     p.add_argument("--out", type=Path, required=True, help="store folder (visible only when complete)")
     p.add_argument("--workers", type=int, default=1, help="parallel reader processes (default 1)")
     p.set_defaults(func=_cmd_prepare)

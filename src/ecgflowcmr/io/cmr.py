@@ -1,10 +1,10 @@
 """Cine CMR: readers for every supported format → the canonical cine, writers, canonicalisation.
 
-Canonical cine (DESIGN.md §2): float32 (50, 96, 96) in [-1, 1]; frame 0 at the R-peak (end-diastole).
+Canonical cine (docs/architecture.md): float32 (50, 96, 96) in [-1, 1]; frame 0 at the R-peak (end-diastole).
 Arrays are (T, H, W) with H the image rows (top to bottom) and W the columns (left to right). In NIfTI,
 voxel (i, j, 0, t) holds frame t at row j, column i (``data[:, :, 0, t] = frames[t].T``).
 
-Sources (FORMATS.md "Cine CMR"): NIfTI X×Y×1×T (or X×Y×T with time units set), a DICOM series folder,
+Sources (docs/formats.md): NIfTI X×Y×1×T (or X×Y×T with time units set), a DICOM series folder,
 the UK Biobank zip (field 20208, series ``CINE_segmented_LAX_4Ch``) and ``.npy``/``.npz`` (T×H×W).
 Every source is taken to hold one R-R interval starting at the R-peak (ECG-triggered, end-diastole first).
 

@@ -3,7 +3,7 @@
 The per-format decoders (file → the record as written) live in ``ecg_decoders.py``; this module
 dispatches to them (``_decode``) and owns the canonical form and its rules.
 
-Canonical ECG (DESIGN.md §2): float32 (12, 5000) in mV at 500 Hz (10 s), leads in ``LEADS`` order.
+Canonical ECG (docs/architecture.md): float32 (12, 5000) in mV at 500 Hz (10 s), leads in ``LEADS`` order.
 
 Rules applied by :func:`read_ecg`, in this order (each change is written to ``CanonicalECG.flags``):
 

@@ -1,6 +1,6 @@
 """Cycle alignment ("ROI Align", paper §2.1): per-token ECG features → one cardiac cycle of 50 frames.
 
-From the predicted phase per token, complete cardiac cycles are cut at R-peaks (the 2π→0 wrap, DESIGN §5;
+From the predicted phase per token, complete cardiac cycles are cut at R-peaks (the 2π→0 wrap, docs/decisions.md;
 the public code's mid-RR cut at φ=π is ``cut="mid_rr"``), each cycle is resampled to ``frames`` tokens by
 linear interpolation on the token axis *at equal phase steps* (frame j ↔ phase 2πj/frames, so frame 0 is the
 R-peak = end-diastole = cine frame 0), and the cycles of one record are aggregated (median, mean or the

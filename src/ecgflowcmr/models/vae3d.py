@@ -2,7 +2,7 @@
 
 A KL-regularised autoencoder in the style of Rombach et al. (LDM, CVPR 2022), made 3-D: Conv3d ResNet
 blocks with GroupNorm, 2× spatial down/upsampling per level (time is kept), self-attention only at the
-latent scale. Differences from the public code (DESIGN.md §5):
+latent scale. Differences from the public code (docs/decisions.md):
 
 - time is padded **circularly**: a cine covers one R-R interval, so frame 49 is followed by frame 0;
   space is zero-padded.

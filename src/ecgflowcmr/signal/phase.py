@@ -1,8 +1,8 @@
-"""R-peaks and cardiac phase labels (DESIGN.md §2, §5).
+"""R-peaks and cardiac phase labels (docs/architecture.md, docs/decisions.md).
 
 Phase per ECG sample: float32 radians in [0, 2π), 0 at an R-peak, rising linearly to 2π at the next one;
 NaN (unknown) before the first and after the last R-peak. Ours differs from the public code, which labels
-those edges 0 (DESIGN.md §5): an unknown phase is excluded from the phase loss instead of taught as ED.
+those edges 0 (docs/decisions.md): an unknown phase is excluded from the phase loss instead of taught as ED.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def fit_to_upstream(config: FlowConfig, z1: Tensor, cond: Tensor) -> FlowConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# The stage contract: build, finalize, load
+# The stage contract: build, finalize
 # --------------------------------------------------------------------------------------------------
 
 
