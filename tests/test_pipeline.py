@@ -99,7 +99,7 @@ def test_partial_bundle_fails_clearly(demo_run: Path, tmp_path: Path) -> None:
 
 def test_report_metric_rows_pair_each_number_with_its_definition():
     """One row per number: {"value", "definition"} metrics, shared definitions for plain numbers, nested sections."""
-    from ecgflowcmr.commands.demo import _metrics_table, metric_rows
+    from ecgflowcmr.commands.demo_report import _metrics_table, metric_rows
 
     metrics = {
         "generated_vs_real": {"psnr_db": 12.5, "n": 3, "definition": "shared"},
