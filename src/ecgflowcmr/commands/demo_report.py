@@ -143,14 +143,31 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
 
 def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, timings: dict[str, float]) -> Path:
     """report.html + metrics.json from the finished runs and the generated test split."""
-    from ecgflowcmr.commands.generate import shard_of
-    from ecgflowcmr.signal.phase import rpeaks_from_labels
-    from ecgflowcmr.store.prepared import StoreDataset, cine_from_uint8
-    from ecgflowcmr.viz import render_cine_video
+    from ecgflowcmr.store.prepared import StoreDataset
 
     media = out / "report_media"
     media.mkdir(exist_ok=True)
     test = StoreDataset(store, "test", fields=("ecg", "phase", "cine"))
+    per_subject, blocks = _compare_generated(out, test, media)
+    t = time.perf_counter()
+    conditioning = _conditioning(out, runs["flow"], test)
+    timings["conditioning_s"] = time.perf_counter() - t
+    curves = [stage for stage, run in runs.items() if _loss_curves(run, media / f"loss_{stage}.png")]
+    metrics = _demo_metrics(runs, summary, timings, per_subject, conditioning)
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    report = out / "report.html"
+    write_text_atomic(report, _page(blocks, curves, conditioning, metrics))
+    return report
+
+
+def _compare_generated(out: Path, test: Any, media: Path) -> tuple[list[dict[str, Any]], list[tuple]]:
+    """Per generated test subject: PSNR/SSIM against its real cine; GIFs (real | generated, ECG beneath)
+    of the first ``N_REPORT``. Returns (per-subject metrics, (subject_id, manifest row, GIF name) per GIF)."""
+    from ecgflowcmr.commands.generate import shard_of
+    from ecgflowcmr.signal.phase import rpeaks_from_labels
+    from ecgflowcmr.store.prepared import cine_from_uint8
+    from ecgflowcmr.viz import render_cine_video
+
     per_subject, blocks = [], []
     for i, row in enumerate(test.rows):
         sid = row["subject_id"]
@@ -167,10 +184,12 @@ def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, ti
                               titles=["real", "generated"], fps=12.5,
                               rpeaks=rpeaks_from_labels(np.asarray(test.array("phase")[i], dtype=np.float32)))
             blocks.append((sid, row, gif.name))
-    t = time.perf_counter()
-    conditioning = _conditioning(out, runs["flow"], test)
-    timings["conditioning_s"] = time.perf_counter() - t
-    curves = [stage for stage, run in runs.items() if _loss_curves(run, media / f"loss_{stage}.png")]
+    return per_subject, blocks
+
+
+def _demo_metrics(runs: dict[str, Path], summary: Any, timings: dict[str, float], per_subject: list[dict[str, Any]],
+                  conditioning: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json: generated vs real, conditioning, per subject, each stage's metrics, generation speed."""
     stage_metrics = {}
     for stage, run in runs.items():
         path = run / "metrics.json"
@@ -184,7 +203,7 @@ def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, ti
                       "reading ECGs and writing NIfTI + npy",
     }
     mean = {k: float(np.mean([m[k] for m in per_subject])) for k in ("psnr_db", "ssim")} if per_subject else {}
-    metrics = {
+    return {
         "generated_vs_real": {
             **mean,
             "n": len(per_subject),
@@ -198,16 +217,17 @@ def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, ti
         "generation": generation,
         "timings_s": timings,
     }
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
 
+
+def _page(blocks: list[tuple], curves: list[str], conditioning: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """The report's HTML."""
     rows_html = "\n".join(
         f"<figure><img src='report_media/{html.escape(gif)}' alt='{html.escape(sid)}'>"
         f"<figcaption>{html.escape(sid)} · {html.escape(row.get('diagnosis', ''))} · "
         f"HR {html.escape(row.get('heart_rate_bpm', ''))} bpm · LVEF {html.escape(row.get('lvef_pct', ''))}%"
         f"</figcaption></figure>" for sid, row, gif in blocks)
     curves_html = "\n".join(f"<img src='report_media/loss_{s}.png' alt='{s} loss'>" for s in curves)
-
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ecgflowcmr demo</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>ecgflowcmr demo</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} figure{{display:inline-block;margin:.5em}}
 figcaption{{font-size:.85em;color:#444}} td{{padding:2px 8px;border-bottom:1px solid #eee;font-size:.85em}}
 td.def{{color:#666;font-size:.78em}} td.num{{text-align:right;white-space:nowrap}}
@@ -220,6 +240,3 @@ the ECG is drawn beneath with a cursor at each frame's time.</p>
 <h2>Training</h2>{curves_html}
 <h2>Metrics</h2>{_metrics_table({k: v for k, v in metrics.items() if k != "per_subject"})}
 </body></html>"""
-    report = out / "report.html"
-    write_text_atomic(report, page)
-    return report
