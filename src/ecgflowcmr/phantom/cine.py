@@ -211,9 +211,10 @@ def render_cine(p: Physiology, ecg: ECGResult, cfg: PhantomConfig, rng: np.rando
                 shape_seed: int) -> Cine:
     """The subject's cine (uint8) and label masks over the beat starting at ``ecg.cine_rpeak``.
 
-    ``shape_seed`` seeds the heart's shape (``heart_geometry``); ``rng`` everything about the image.
+    ``shape_seed`` seeds the heart's shape (``heart_geometry``); ``rng`` everything about the image, drawn
+    in a fixed order (placement, background, then each structure as it is painted).
     """
-    n_t, size = cfg.n_frames, cfg.image_size
+    n_t = cfg.n_frames
     spacing = float(rng.uniform(*cfg.pixel_spacing_mm))
     dt = ecg.cine_rr_s / n_t
     g, opening = filling_curve(np.arange(n_t) * dt, ecg, p)
@@ -223,9 +224,71 @@ def render_cine(p: Physiology, ecg: ECGResult, cfg: PhantomConfig, rng: np.rando
         liver=rng.uniform(0.30, 0.42), muscle=rng.uniform(0.24, 0.34), pericardium=rng.uniform(0.06, 0.14),
     )
     edge = float(rng.uniform(*cfg.edge_blur_px)) * spacing
-    f = _per_frame
+    scene = _place(p, geo, tissue, cfg, spacing, edge, rng)
+    ventricles = _paint_fat(scene, rng)
+    _paint_atria(scene, rng)
+    _paint_rv(scene, ventricles, rng)
+    _paint_lv(scene, ventricles)
+    _paint_papillary_muscle(scene, rng)
+    _paint_valves(scene, opening)
+    frames, labels = scene.canvas.finish()
+    return Cine(frames=_acquire(frames, scene.xx, scene.yy, cfg, rng), masks=labels, spacing_mm=spacing,
+                frame_interval_s=dt)
 
-    # Placement: heart frame (u, v) → image (x right, y down, mm from the centre), apex up, tilted.
+
+@dataclass
+class _Scene:
+    """One subject's heart placed on the image: what the painting steps of :func:`render_cine` share.
+
+    Heart frame (u, v) in mm: u along the long axis towards the apex, v across (septum at v < 0).
+    """
+
+    geo: Geometry
+    tissue: Tissue
+    grid: _Grid
+    canvas: _Canvas
+    xx: np.ndarray
+    yy: np.ndarray
+    """(H, W) image x (column) and y (row, down) in mm from the image centre."""
+    apex_epi: float
+    v_septum: np.ndarray
+    v_rv_wall: float
+    v_lat_wall: float
+    la_v: float
+    ra_v: float
+
+    def window(self, u_lo: float, u_hi: float, v_lo: float, v_hi: float) -> tuple[np.ndarray, np.ndarray]:
+        """Set the canvas window to the pixels boxing the (u, v) rectangle; return its (1, h, w) u and v."""
+        self.canvas.set_window(self.grid.box(u_lo, u_hi, v_lo, v_hi))
+        return self.grid.u[None, *self.canvas.window], self.grid.v[None, *self.canvas.window]
+
+
+@dataclass
+class _Ventricles:
+    """The ventricles' window and the distance fields computed over it, reused by the RV and LV steps."""
+
+    window: tuple[slice, slice]
+    d_epi: np.ndarray
+    """LV epicardium (T, h, w)."""
+    d_rv: np.ndarray
+    """RV outer ellipse (T, h, w)."""
+    centre_lv: np.ndarray
+    rv_u0: np.ndarray
+    rv_v0: np.ndarray
+    cos_l: np.float32
+    sin_l: np.float32
+    t_rvw: float
+    """RV free wall thickness (mm)."""
+
+    def crop(self, inner: tuple[slice, slice]) -> tuple[slice, ...]:
+        """Index of window ``inner`` inside the (T, h, w) fields computed over the ventricles' window."""
+        return (slice(None), *(slice(i.start - o.start, i.stop - o.start) for o, i in zip(self.window, inner)))
+
+
+def _place(p: Physiology, geo: Geometry, tissue: Tissue, cfg: PhantomConfig, spacing: float, edge: float,
+           rng: np.random.Generator) -> _Scene:
+    """Heart frame (u, v) → image (x right, y down, mm from the centre), apex up, tilted; the background."""
+    size = cfg.image_size
     theta = np.deg2rad(p.tilt_deg)
     e_u = np.array([np.sin(theta), -np.cos(theta)])
     e_v = np.array([np.cos(theta), np.sin(theta)])
@@ -246,26 +309,21 @@ def render_cine(p: Physiology, ecg: ECGResult, cfg: PhantomConfig, rng: np.rando
     u_img = ((xx - origin[0]) * e_u[0] + (yy - origin[1]) * e_u[1]).astype(np.float32)
     v_img = ((xx - origin[0]) * e_v[0] + (yy - origin[1]) * e_v[1]).astype(np.float32)
     grid = _Grid(u=u_img, v=v_img, origin=origin, axes=np.stack([e_u, e_v]), spacing=spacing)
+    canvas = _Canvas(_background(grid, geo, tissue, edge, rng, apex_epi, v_rv_wall), cfg.n_frames, edge)
+    return _Scene(geo, tissue, grid, canvas, xx, yy, apex_epi, v_septum, v_rv_wall, v_lat_wall, la_v, ra_v)
 
-    canvas = _Canvas(_background(grid, geo, tissue, edge, rng, apex_epi, v_rv_wall), n_t, edge)
 
-    def window(u_lo: float, u_hi: float, v_lo: float, v_hi: float) -> tuple[np.ndarray, np.ndarray]:
-        """Set the canvas window to the pixels boxing the (u, v) rectangle; return its (1, h, w) u and v."""
-        canvas.set_window(grid.box(u_lo, u_hi, v_lo, v_hi))
-        return u_img[None, *canvas.window], v_img[None, *canvas.window]
-
-    def crop(outer: tuple[slice, slice], inner: tuple[slice, slice]) -> tuple[slice, ...]:
-        """Index of window ``inner`` inside (T, h, w) fields computed over window ``outer``."""
-        return (slice(None), *(slice(i.start - o.start, i.stop - o.start) for o, i in zip(outer, inner)))
-
-    # Ventricles: LV cavity and epicardium (septal/lateral halves), RV crescent, epicardial fat.
+def _paint_fat(scene: _Scene, rng: np.random.Generator) -> _Ventricles:
+    """Ventricles: LV epicardium (septal/lateral halves), RV crescent, epicardial fat and pericardium."""
+    geo, canvas, tissue, f = scene.geo, scene.canvas, scene.tissue, _per_frame
     fat_lv, fat_rv = float(rng.uniform(1.0, 3.0)), float(rng.uniform(2.5, 6.0))
     rv_lean_deg = float(rng.uniform(10, 22))
     t_rvw = float(rng.uniform(2.5, 3.5))
     # Margins: AV-groove fat (≤ 5 mm), pericardium, soft edge, and the ellipse distance's shortfall far outside.
-    u, v = window(-16.0, apex_epi + fat_rv + 8, v_rv_wall - t_rvw - fat_rv - 14, v_lat_wall + fat_lv + 10)
+    u, v = scene.window(-16.0, scene.apex_epi + fat_rv + 8, scene.v_rv_wall - t_rvw - fat_rv - 14,
+                        scene.v_lat_wall + fat_lv + 10)
     ventricles = canvas.window
-    groove = (5.0 * np.exp(-(((u - 4.0) / 12.0) ** 2)) + 2.5 * np.exp(-(((u - apex_epi) / 15.0) ** 2))).astype(
+    groove = (5.0 * np.exp(-(((u - 4.0) / 12.0) ** 2)) + 2.5 * np.exp(-(((u - scene.apex_epi) / 15.0) ** 2))).astype(
         np.float32)
     centre_lv = f(geo.uv + BETA * geo.a)
     left = v < 0
@@ -274,7 +332,7 @@ def render_cine(p: Physiology, ecg: ECGResult, cfg: PhantomConfig, rng: np.rando
     # RV: an ellipse cut at its equator by the tricuspid plane, its long axis leaning towards the LV apex.
     lean = np.deg2rad(rv_lean_deg)
     cos_l, sin_l = np.float32(np.cos(lean)), np.float32(np.sin(lean))
-    rv_u0, rv_v0 = geo.utv, v_septum - 0.3 * geo.rv_w
+    rv_u0, rv_v0 = geo.utv, scene.v_septum - 0.3 * geo.rv_w
     d_rv_full = _ellipse_distance(cos_l * u + sin_l * v - f(cos_l * rv_u0 + sin_l * rv_v0),
                                   cos_l * v - sin_l * u - f(cos_l * rv_v0 - sin_l * rv_u0),
                                   f(1 / geo.rv_len), f(1 / (0.7 * geo.rv_w)))
@@ -283,62 +341,88 @@ def render_cine(p: Physiology, ecg: ECGResult, cfg: PhantomConfig, rng: np.rando
     d_fat = np.maximum(d_fat, f(geo.uv - 12.0) - u)  # ends 12 mm below the mitral plane
     canvas.paint(d_fat - 1.5, tissue.pericardium)
     canvas.paint(d_fat, tissue.fat)
+    return _Ventricles(ventricles, d_epi_full, d_rv_full, centre_lv, rv_u0, rv_v0, cos_l, sin_l, t_rvw)
 
-    # Atria (painted before the ventricles, whose basal myocardium overlaps their roofs).
-    # Each in its own window: the other atrium's pixels are far outside its wall.
+
+def _paint_atria(scene: _Scene, rng: np.random.Generator) -> None:
+    """Atria (painted before the ventricles, whose basal myocardium overlaps their roofs).
+
+    Each in its own window: the other atrium's pixels are far outside its wall.
+    """
+    geo, canvas, tissue, f = scene.geo, scene.canvas, scene.tissue, _per_frame
     wall = float(rng.uniform(1.0, 1.8))
     top = float(max(geo.uv.max(), geo.utv.max())) + 4
-    for plane, a, b, v_c, label in ((geo.utv, geo.ra_a, geo.ra_b, ra_v, 5), (geo.uv, geo.la_a, geo.la_b, la_v, 4)):
-        u_a, v_a = window(float((plane - 2 * a).min()) - 6, top, v_c - float(b.max()) - 6, v_c + float(b.max()) + 6)
+    for plane, a, b, v_c, label in ((geo.utv, geo.ra_a, geo.ra_b, scene.ra_v, 5),
+                                    (geo.uv, geo.la_a, geo.la_b, scene.la_v, 4)):
+        u_a, v_a = scene.window(float((plane - 2 * a).min()) - 6, top, v_c - float(b.max()) - 6,
+                                v_c + float(b.max()) + 6)
         d = np.maximum(_ellipse_distance(u_a - f(plane - 0.5 * a), v_a - np.float32(v_c), f(1 / a), f(1 / b)),
                        u_a - f(plane))
         canvas.paint(d - wall, tissue.myo)
         canvas.paint(d, 0.97, label=label)
 
-    # RV then LV, each in its own part of the ventricles' window (the LV covers the RV's right part).
-    u_rv, v_rv = window(float(geo.utv.min()) - 6, apex_epi, v_rv_wall - t_rvw - 5, 0.0)
-    d_rv = d_rv_full[crop(ventricles, canvas.window)]
+
+def _paint_rv(scene: _Scene, ventricles: _Ventricles, rng: np.random.Generator) -> None:
+    """RV wall and blood pool (in the ventricles' window left of the septum), then the moderator band."""
+    geo, canvas, tissue, f, vent = scene.geo, scene.canvas, scene.tissue, _per_frame, ventricles
+    u_rv, v_rv = scene.window(float(geo.utv.min()) - 6, scene.apex_epi, scene.v_rv_wall - vent.t_rvw - 5, 0.0)
+    d_rv = vent.d_rv[vent.crop(canvas.window)]
     below_tv = f(geo.utv) - u_rv  # > 0 below the tricuspid plane
-    canvas.paint(np.maximum(d_rv - t_rvw, below_tv - 3.0), tissue.myo)
+    canvas.paint(np.maximum(d_rv - vent.t_rvw, below_tv - 3.0), tissue.myo)
     canvas.label(np.maximum(d_rv, below_tv), 3)
     below_tv -= 2.5
     canvas.paint(np.maximum(d_rv, below_tv, out=below_tv), 1.0)
     # Moderator band: a muscular bar across the RV from the septum to the free wall, towards its apex.
+    cos_l, sin_l = vent.cos_l, vent.sin_l
     along = rng.uniform(0.6, 0.75)
-    wall_u = rv_u0 + cos_l * along * geo.rv_len + sin_l * 0.6 * geo.rv_w
-    wall_v = rv_v0 + sin_l * along * geo.rv_len - cos_l * 0.6 * geo.rv_w
+    wall_u = vent.rv_u0 + cos_l * along * geo.rv_len + sin_l * 0.6 * geo.rv_w
+    wall_v = vent.rv_v0 + sin_l * along * geo.rv_len - cos_l * 0.6 * geo.rv_w
     band_u = wall_u + rng.uniform(4.0, 10.0)
     height = np.clip((band_u - geo.uv - BETA * geo.a) / (geo.a + geo.t_apex), -1.0, 1.0)
-    band_v = v_septum * np.sqrt(1 - height**2) + 1.0
+    band_v = scene.v_septum * np.sqrt(1 - height**2) + 1.0
     canvas.paint(_segment_distance(u_rv, v_rv, band_u, band_v, wall_u, wall_v, rng.uniform(0.7, 1.1)), tissue.myo)
-    u, v = window(-6.0, apex_epi + 2, float(v_septum.min()) - 3, v_lat_wall + 2)
+
+
+def _paint_lv(scene: _Scene, ventricles: _Ventricles) -> None:
+    """LV myocardium, then its blood pool (the LV covers the RV's right part)."""
+    geo, canvas, tissue, f = scene.geo, scene.canvas, scene.tissue, _per_frame
+    u, v = scene.window(-6.0, scene.apex_epi + 2, float(scene.v_septum.min()) - 3, scene.v_lat_wall + 2)
     below_mv = f(geo.uv) - u  # > 0 below the mitral plane
-    canvas.paint(np.maximum(d_epi_full[crop(ventricles, canvas.window)], below_mv - 2.0), tissue.myo, label=2)
-    d_cav = _ellipse_distance(u - centre_lv, v, f(1 / geo.a), _by_side(v < 0, 1 / geo.r_sep, 1 / geo.r_lat))
+    canvas.paint(np.maximum(ventricles.d_epi[ventricles.crop(canvas.window)], below_mv - 2.0), tissue.myo, label=2)
+    d_cav = _ellipse_distance(u - ventricles.centre_lv, v, f(1 / geo.a),
+                              _by_side(v < 0, 1 / geo.r_sep, 1 / geo.r_lat))
     canvas.label(np.maximum(d_cav, below_mv), 1)
     below_mv -= 2.5
     canvas.paint(np.maximum(d_cav, below_mv, out=below_mv), 1.0)
 
-    # Anterolateral papillary muscle: a dark oval on the lateral wall, shortening and thickening in systole
-    # (labelled blood pool, as in the UK Biobank contours).
+
+def _paint_papillary_muscle(scene: _Scene, rng: np.random.Generator) -> None:
+    """Anterolateral papillary muscle: a dark oval on the lateral wall, shortening and thickening in systole
+    (labelled blood pool, as in the UK Biobank contours)."""
+    geo, f = scene.geo, _per_frame
     pm_u = geo.uv + (1 + BETA) * geo.a * rng.uniform(0.4, 0.55)
     pm_len = rng.uniform(8.0, 11.0) * np.sqrt(geo.a / geo.a[0])
     pm_w = rng.uniform(3.5, 5.0) * np.sqrt(geo.a[0] / geo.a)
     pm_v = geo.r_lat * np.sqrt(np.maximum(1 - ((pm_u - geo.uv - BETA * geo.a) / geo.a) ** 2, 0.1)) - 0.8 * pm_w
     reach = float(pm_len.max()) + 4  # semi-axis, soft edge and the distance's shortfall beyond the tip
-    u, v = window(float(pm_u.min()) - reach, float(pm_u.max()) + reach, float((pm_v - pm_w).min()) - 4,
-                  float((pm_v + pm_w).max()) + 4)
-    canvas.paint(_ellipse_distance(u - f(pm_u), v - f(pm_v), f(1 / pm_len), f(1 / pm_w)), tissue.myo * 1.1)
+    u, v = scene.window(float(pm_u.min()) - reach, float(pm_u.max()) + reach, float((pm_v - pm_w).min()) - 4,
+                        float((pm_v + pm_w).max()) + 4)
+    scene.canvas.paint(_ellipse_distance(u - f(pm_u), v - f(pm_v), f(1 / pm_len), f(1 / pm_w)),
+                       scene.tissue.myo * 1.1)
 
-    # Valve leaflets: hinged at the annuli, meeting in systole, swinging into the ventricles in diastole.
+
+def _paint_valves(scene: _Scene, opening: np.ndarray) -> None:
+    """Valve leaflets: hinged at the annuli, meeting in systole, swinging into the ventricles in diastole."""
+    geo = scene.geo
     base = np.sqrt(1 - BETA**2)
     mv = (geo.uv, -geo.r_sep * base, geo.r_lat * base)
     tv_sep = -(geo.r_sep * base + geo.t_sep)
     tv = (geo.utv, tv_sep, tv_sep - 0.85 * geo.rv_w)
     for plane, hinge_a, hinge_b in (mv, tv):
         span = np.abs(hinge_b - hinge_a)
-        u, v = window(float(plane.min()) - 6, float((plane + 0.6 * span).max()) + 4,
-                      float(np.minimum(hinge_a, hinge_b).min()) - 4, float(np.maximum(hinge_a, hinge_b).max()) + 4)
+        u, v = scene.window(float(plane.min()) - 6, float((plane + 0.6 * span).max()) + 4,
+                            float(np.minimum(hinge_a, hinge_b).min()) - 4,
+                            float(np.maximum(hinge_a, hinge_b).max()) + 4)
         meet = hinge_a + 0.55 * (hinge_b - hinge_a)
         leaflets = None
         for hinge, length in ((hinge_a, 0.62), (hinge_b, 0.5)):
@@ -348,10 +432,7 @@ def render_cine(p: Physiology, ecg: ECGResult, cfg: PhantomConfig, rng: np.rando
             tip_v = closed[1] + opening * (open_[1] - closed[1])
             d = _segment_distance(u, v, plane, hinge, tip_u, tip_v, 0.8)
             leaflets = d if leaflets is None else np.minimum(leaflets, d, out=leaflets)
-        canvas.paint(leaflets, 0.6 * tissue.myo)
-
-    frames, labels = canvas.finish()
-    return Cine(frames=_acquire(frames, xx, yy, cfg, rng), masks=labels, spacing_mm=spacing, frame_interval_s=dt)
+        scene.canvas.paint(leaflets, 0.6 * scene.tissue.myo)
 
 
 def _background(grid: _Grid, geo: Geometry, tissue: Tissue, edge: float, rng: np.random.Generator,
