@@ -115,7 +115,11 @@ def draw_split(rng: np.random.Generator, cfg: PhantomConfig) -> str:
 
 
 def draw_physiology(rng: np.random.Generator, cfg: PhantomConfig) -> Physiology:
-    """Demographics, diagnosis and phenotypes of one subject (no ECG or image yet)."""
+    """Demographics, diagnosis and phenotypes of one subject (no ECG or image yet).
+
+    The draws, in this order from ``rng``: body and diagnosis, a healthy heart of that body, the disease's
+    changes, wall thickness (LV mass), then rhythm, tilt and the ECG's axis and voltage.
+    """
     male = bool(rng.random() < 0.5)
     sx = 0 if male else 1
     age = float(rng.uniform(*cfg.age_years))
@@ -125,6 +129,63 @@ def draw_physiology(rng: np.random.Generator, cfg: PhantomConfig) -> Physiology:
     names = list(cfg.prevalence)
     diagnosis = str(names[rng.choice(len(names), p=np.array([cfg.prevalence[n] for n in names]))])
     assert diagnosis in DIAGNOSES
+    h = _healthy_heart(rng, sx, age, bsa)
+    DISEASE_EFFECTS.get(diagnosis, lambda rng, h: None)(rng, h)
+    _set_lv_mass(rng, h, diagnosis)
+    # Heart rate: resting, lower in men and fitter people; disease with low output runs faster.
+    hr_mean = 68.0 + (8.0 if diagnosis in ("dcm", "rcm") else 0.0) + (3.0 if not male else 0.0)
+    hr = float(np.clip(rng.normal(hr_mean, 9.0), *cfg.heart_rate_bpm))
+    tilt = float(rng.uniform(-cfg.tilt_deg, cfg.tilt_deg))
+    # Frontal axis: normal ~ +45°, a more horizontal heart (apex further to the image's right) turns it left.
+    axis = 45.0 - 1.2 * tilt + rng.normal(0, 8) - 0.25 * (age - 60)
+    if h.lbbb:
+        axis = rng.uniform(30, 50)
+    axis = float(np.clip(axis, -10, 95))
+    # Voltage criteria: QRS amplitude grows with LV mass, falls with body size (more tissue between
+    # heart and electrodes), and carries ~15% of variance the anatomy does not explain.
+    h.voltage *= 1.5 * (h.lvm / 100.0) ** 0.75 * (1.9 / bsa) ** 0.3 * float(np.exp(rng.normal(0, 0.08)))
+    return Physiology(
+        male=male, age_years=age, height_cm=height, weight_kg=weight, bsa_m2=bsa, diagnosis=diagnosis,
+        mi_territory=h.territory, lbbb=h.lbbb, lvedv_ml=float(h.lvedv), lvef_pct=float(h.lvef), lvm_g=float(h.lvm),
+        rvedv_ml=float(h.rvedv), rvef_pct=float(np.clip(h.rvef, 25, 75)), lav_max_ml=float(h.lav_max),
+        lav_min_ml=float(h.lav_max * (1 - h.la_ef)), rav_max_ml=float(h.rav_max),
+        rav_min_ml=float(h.rav_max * (1 - h.ra_ef)), septal_ratio=h.septal_ratio, sphericity=h.sphericity,
+        mapse_mm=float(np.clip(h.mapse, 4, 20)), tapse_mm=float(np.clip(h.tapse, 8, 30)), early_filling=h.early,
+        atrial_kick=h.kick, heart_rate_bpm=hr, pr_ms=h.pr, qrs_ms=h.qrs, qtc_ms=float(h.qtc), qrs_axis_deg=axis,
+        tilt_deg=tilt, voltage_scale=float(h.voltage),
+    )
+
+
+@dataclass
+class _Heart:
+    """A subject's phenotypes while they are drawn (units as in :class:`Physiology`; ``la_ef``/``ra_ef``
+    atrial emptying fractions; ``early``/``kick`` filling fractions; ``voltage`` the QRS scale so far)."""
+
+    lvedv: float
+    lvef: float
+    lvm: float
+    rvedv: float
+    rvef: float
+    lav_max: float
+    rav_max: float
+    la_ef: float
+    ra_ef: float
+    septal_ratio: float
+    sphericity: float
+    mapse: float
+    tapse: float
+    early: float
+    kick: float
+    pr: float
+    qrs: float
+    qtc: float
+    voltage: float = 1.0
+    lbbb: bool = False
+    territory: str = ""
+
+
+def _healthy_heart(rng: np.random.Generator, sx: int, age: float, bsa: float) -> _Heart:
+    """Phenotypes around the UK Biobank references of this sex, scaled by body size and age."""
 
     def indexed(name: str, sd_scale: float = 1.0) -> float:
         """An absolute phenotype drawn from its reference, scaled by this subject's BSA."""
@@ -150,82 +211,75 @@ def draw_physiology(rng: np.random.Generator, cfg: PhantomConfig) -> Physiology:
     pr = float(np.clip(rng.normal(158, 18), 120, 210))
     qrs = float(np.clip(rng.normal((94.0, 87.0)[sx], 7.0), 72, 110))
     qtc = float(np.clip(rng.normal((408.0, 420.0)[sx], 14.0), 370, 455))
-    voltage = 1.0
-    lbbb = False
-    territory = ""
+    return _Heart(lvedv, lvef, lvm, rvedv, rvef, lav_max, rav_max, la_ef, ra_ef, septal_ratio, sphericity, mapse,
+                  tapse, early, kick, pr, qrs, qtc)
 
-    if diagnosis == "hcm":
-        lvedv *= rng.uniform(0.70, 0.92)
-        lvef = float(rng.uniform(64, 80))
-        septal_ratio = float(rng.uniform(1.4, 2.0))
-        lav_max *= rng.uniform(1.2, 1.6)
-        mapse = float(rng.normal(10.5, 1.5))
-        early, kick = float(rng.uniform(0.40, 0.55)), float(rng.uniform(0.25, 0.38))
-        qtc += rng.uniform(10, 35)
-    elif diagnosis == "dcm":
-        lvedv *= rng.uniform(1.5, 2.2)
-        lvef = float(rng.uniform(18, 40))
-        rvedv *= rng.uniform(1.0, 1.35)
-        rvef -= rng.uniform(5, 20)
-        lav_max *= rng.uniform(1.2, 1.7)
-        sphericity = float(rng.uniform(1.4, 1.65))
-        mapse = float(rng.normal(7.5, 1.2))
-        tapse -= rng.uniform(2, 8)
-        lbbb = bool(rng.random() < 0.6)
-        qrs = float(rng.uniform(130, 170)) if lbbb else float(np.clip(qrs + rng.uniform(0, 15), 80, 118))
-        qtc += rng.uniform(10, 35)
-    elif diagnosis == "rcm":
-        lvedv *= rng.uniform(0.75, 1.0)
-        lvef = float(rng.uniform(50, 65))
-        lvm *= rng.uniform(1.2, 1.6)
-        septal_ratio = float(rng.uniform(1.0, 1.2))
-        rvef -= rng.uniform(0, 10)
-        lav_max *= rng.uniform(1.7, 2.4)
-        rav_max *= rng.uniform(1.6, 2.2)
-        la_ef, ra_ef = rng.uniform(0.2, 0.35), rng.uniform(0.2, 0.35)
-        mapse = float(rng.normal(8.0, 1.2))
-        tapse -= rng.uniform(3, 8)
-        early, kick = float(rng.uniform(0.80, 0.90)), float(rng.uniform(0.04, 0.08))
-        voltage *= rng.uniform(0.35, 0.55)  # amyloid: thick walls, low voltage
-        pr += rng.uniform(0, 40)
-        qtc += rng.uniform(0, 25)
-    elif diagnosis == "mi":
-        territory = str(rng.choice(["lad", "lcx", "rca"], p=[0.5, 0.25, 0.25]))
-        lvedv *= rng.uniform(1.05, 1.4)
-        lvef = float(rng.uniform(25, 50))
-        lvm *= rng.uniform(1.0, 1.2)
-        lav_max *= rng.uniform(1.0, 1.4)
-        mapse = float(rng.normal(10.0, 1.5))
-        qtc += rng.uniform(5, 25)
 
+def _hcm(rng: np.random.Generator, h: _Heart) -> None:
+    h.lvedv *= rng.uniform(0.70, 0.92)
+    h.lvef = float(rng.uniform(64, 80))
+    h.septal_ratio = float(rng.uniform(1.4, 2.0))
+    h.lav_max *= rng.uniform(1.2, 1.6)
+    h.mapse = float(rng.normal(10.5, 1.5))
+    h.early, h.kick = float(rng.uniform(0.40, 0.55)), float(rng.uniform(0.25, 0.38))
+    h.qtc += rng.uniform(10, 35)
+
+
+def _dcm(rng: np.random.Generator, h: _Heart) -> None:
+    h.lvedv *= rng.uniform(1.5, 2.2)
+    h.lvef = float(rng.uniform(18, 40))
+    h.rvedv *= rng.uniform(1.0, 1.35)
+    h.rvef -= rng.uniform(5, 20)
+    h.lav_max *= rng.uniform(1.2, 1.7)
+    h.sphericity = float(rng.uniform(1.4, 1.65))
+    h.mapse = float(rng.normal(7.5, 1.2))
+    h.tapse -= rng.uniform(2, 8)
+    h.lbbb = bool(rng.random() < 0.6)
+    h.qrs = float(rng.uniform(130, 170)) if h.lbbb else float(np.clip(h.qrs + rng.uniform(0, 15), 80, 118))
+    h.qtc += rng.uniform(10, 35)
+
+
+def _rcm(rng: np.random.Generator, h: _Heart) -> None:
+    h.lvedv *= rng.uniform(0.75, 1.0)
+    h.lvef = float(rng.uniform(50, 65))
+    h.lvm *= rng.uniform(1.2, 1.6)
+    h.septal_ratio = float(rng.uniform(1.0, 1.2))
+    h.rvef -= rng.uniform(0, 10)
+    h.lav_max *= rng.uniform(1.7, 2.4)
+    h.rav_max *= rng.uniform(1.6, 2.2)
+    h.la_ef, h.ra_ef = rng.uniform(0.2, 0.35), rng.uniform(0.2, 0.35)
+    h.mapse = float(rng.normal(8.0, 1.2))
+    h.tapse -= rng.uniform(3, 8)
+    h.early, h.kick = float(rng.uniform(0.80, 0.90)), float(rng.uniform(0.04, 0.08))
+    h.voltage *= rng.uniform(0.35, 0.55)  # amyloid: thick walls, low voltage
+    h.pr += rng.uniform(0, 40)
+    h.qtc += rng.uniform(0, 25)
+
+
+def _mi(rng: np.random.Generator, h: _Heart) -> None:
+    h.territory = str(rng.choice(["lad", "lcx", "rca"], p=[0.5, 0.25, 0.25]))
+    h.lvedv *= rng.uniform(1.05, 1.4)
+    h.lvef = float(rng.uniform(25, 50))
+    h.lvm *= rng.uniform(1.0, 1.2)
+    h.lav_max *= rng.uniform(1.0, 1.4)
+    h.mapse = float(rng.normal(10.0, 1.5))
+    h.qtc += rng.uniform(5, 25)
+
+
+DISEASE_EFFECTS = {"hcm": _hcm, "dcm": _dcm, "rcm": _rcm, "mi": _mi}
+"""How each diagnosis changes a healthy heart (HCM thick walls, small cavity, high EF; DCM large LV, low EF,
+often LBBB; RCM big atria, impaired filling, low voltage; MI reduced EF with a territory)."""
+
+
+def _set_lv_mass(rng: np.random.Generator, h: _Heart, diagnosis: str) -> None:
+    """LV mass from the wall thickness the diagnosis implies."""
     if diagnosis == "hcm":  # the diagnostic criterion: maximal wall thickness ≥ 15 mm
         septum = rng.uniform(15.5, 24.0)
-        lvm = lv_mass_for_wall(lvedv, sphericity, septum * (1 + septal_ratio) / (2 * septal_ratio))
+        h.lvm = lv_mass_for_wall(h.lvedv, h.sphericity, septum * (1 + h.septal_ratio) / (2 * h.septal_ratio))
     elif diagnosis == "dcm":  # eccentric hypertrophy: more mass spread thin over a big cavity
-        lvm = lv_mass_for_wall(lvedv, sphericity, rng.uniform(5.0, 7.5))
+        h.lvm = lv_mass_for_wall(h.lvedv, h.sphericity, rng.uniform(5.0, 7.5))
     else:
-        lvm = max(lvm, lv_mass_for_wall(lvedv, sphericity, 4.8))
-    # Heart rate: resting, lower in men and fitter people; disease with low output runs faster.
-    hr_mean = 68.0 + (8.0 if diagnosis in ("dcm", "rcm") else 0.0) + (3.0 if not male else 0.0)
-    hr = float(np.clip(rng.normal(hr_mean, 9.0), *cfg.heart_rate_bpm))
-    tilt = float(rng.uniform(-cfg.tilt_deg, cfg.tilt_deg))
-    # Frontal axis: normal ~ +45°, a more horizontal heart (apex further to the image's right) turns it left.
-    axis = 45.0 - 1.2 * tilt + rng.normal(0, 8) - 0.25 * (age - 60)
-    if lbbb:
-        axis = rng.uniform(30, 50)
-    axis = float(np.clip(axis, -10, 95))
-    # Voltage criteria: QRS amplitude grows with LV mass, falls with body size (more tissue between
-    # heart and electrodes), and carries ~15% of variance the anatomy does not explain.
-    voltage *= 1.5 * (lvm / 100.0) ** 0.75 * (1.9 / bsa) ** 0.3 * float(np.exp(rng.normal(0, 0.08)))
-    return Physiology(
-        male=male, age_years=age, height_cm=height, weight_kg=weight, bsa_m2=bsa, diagnosis=diagnosis,
-        mi_territory=territory, lbbb=lbbb, lvedv_ml=float(lvedv), lvef_pct=float(lvef), lvm_g=float(lvm),
-        rvedv_ml=float(rvedv), rvef_pct=float(np.clip(rvef, 25, 75)), lav_max_ml=float(lav_max),
-        lav_min_ml=float(lav_max * (1 - la_ef)), rav_max_ml=float(rav_max), rav_min_ml=float(rav_max * (1 - ra_ef)),
-        septal_ratio=septal_ratio, sphericity=sphericity, mapse_mm=float(np.clip(mapse, 4, 20)),
-        tapse_mm=float(np.clip(tapse, 8, 30)), early_filling=early, atrial_kick=kick, heart_rate_bpm=hr,
-        pr_ms=pr, qrs_ms=qrs, qtc_ms=float(qtc), qrs_axis_deg=axis, tilt_deg=tilt, voltage_scale=float(voltage),
-    )
+        h.lvm = max(h.lvm, lv_mass_for_wall(h.lvedv, h.sphericity, 4.8))
 
 
 def has_heart_failure(diagnosis: str, lvef_pct: float) -> bool:
