@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ecgflowcmr.canonical import N_FRAMES
 from ecgflowcmr.errors import ConfigError
 from ecgflowcmr.models.layers import MLP, Attention, sincos_position_embedding
 
@@ -26,7 +27,7 @@ from ecgflowcmr.models.layers import MLP, Attention, sincos_position_embedding
 class DiTConfig:
     latent_channels: int = 4
     """C of the VAE latent (paper: 4). The flow stage sets it from the VAE run."""
-    frames: int = 50
+    frames: int = N_FRAMES
     """T: cine frames, kept by the VAE (one latent frame per cine frame). Set from the VAE run."""
     latent_size: int = 12
     """H' = W' of the latent (96 / 8). Set from the VAE run."""

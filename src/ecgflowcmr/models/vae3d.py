@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ecgflowcmr.canonical import N_FRAMES, SIZE
 from ecgflowcmr.errors import ConfigError
 from ecgflowcmr.models.image_metrics import ssim
 
@@ -59,9 +60,9 @@ class VAEConfig:
     """Self-attention in the mid blocks (latent scale only): spatial-then-temporal, all T·h·w positions, or none."""
     attention_heads: int = 4
     """Heads of the mid-block attention; must divide channels[-1]."""
-    frames: int = 50
+    frames: int = N_FRAMES
     """T of the input cine (time is not downsampled)."""
-    size: int = 96
+    size: int = SIZE
     """H = W of the input cine; must be divisible by the downsampling factor."""
     kl_weight: float = 1e-6
     """β: weight of KL(q(z|x) ‖ N(0, I)) summed over the latent, per input pixel (LDM's kl_weight 1e-6)."""

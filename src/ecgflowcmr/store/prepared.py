@@ -30,12 +30,13 @@ from typing import Any
 import numpy as np
 
 from ecgflowcmr.atomic import atomic_file, write_text_atomic
+from ecgflowcmr.canonical import LEADS, N_FRAMES, N_SAMPLES, SIZE
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.io.manifest import PAIRED_SPLITS, SPLITS, Manifest, read_manifest
 
 STORE_VERSION = 1
-ECG_SHAPE = (12, 5000)
-CINE_SHAPE = (50, 96, 96)
+ECG_SHAPE = (len(LEADS), N_SAMPLES)
+CINE_SHAPE = (N_FRAMES, SIZE, SIZE)
 FIELDS = ("ecg", "phase", "cine")
 
 
