@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_pair
-from ecgflowcmr import viz
 from ecgflowcmr.cli import main
 from ecgflowcmr.io.cmr import write_nifti_cine
 from ecgflowcmr.io.ecg import write_wfdb
+from ecgflowcmr.viz import render as viz
+from ecgflowcmr.viz.video import write_video
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +68,12 @@ def test_video_without_ecg_and_still_png(tmp_path, pair):
     png = viz.render_cine_video([cine, cine, cine], tmp_path / "still.png", titles=["a", "b", "c"])
     img = iio.imread(png)
     assert img.ndim == 3 and img.shape[1] >= 3 * viz.PANEL
-    gif = viz.write_video(cine, tmp_path / "one.gif", fps=20)
+    gif = write_video(cine, tmp_path / "one.gif", fps=20)
     frames = iio.imread(gif, index=None)
     assert frames.shape[:3] == (50, 288, 288)
     gray = frames if frames.ndim == 3 else frames[..., 0]
     np.testing.assert_allclose(gray[7, ::3, ::3] / 255.0, cine[7], atol=0.51 / 255)  # 256 exact gray levels
-    mp4 = viz.write_video(cine[:10], tmp_path / "one.mp4")
+    mp4 = write_video(cine[:10], tmp_path / "one.mp4")
     assert iio.imread(mp4, index=None, plugin="FFMPEG").shape[0] == 10
 
 

@@ -40,7 +40,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_show(args: argparse.Namespace) -> None:
-    from ecgflowcmr.viz import show
+    from ecgflowcmr.viz.show import show
 
     out = show(args.files, args.out, ecg=args.ecg, fps=args.fps, labels=args.labels)
     print(f"wrote {out}")

@@ -166,7 +166,7 @@ def _compare_generated(out: Path, test: Any, media: Path) -> tuple[list[dict[str
     from ecgflowcmr.commands.generate import shard_of
     from ecgflowcmr.signal.phase import rpeaks_from_labels
     from ecgflowcmr.store.prepared import cine_from_uint8
-    from ecgflowcmr.viz import render_cine_video
+    from ecgflowcmr.viz.render import render_cine_video
 
     per_subject, blocks = [], []
     for i, row in enumerate(test.rows):

@@ -84,7 +84,7 @@ def _write_outputs(stem: Path, frames01: np.ndarray, formats: list[str], spacing
                    frame_interval_s: float, fps: float) -> None:
     """Write one generated cine (50, 96, 96) in [0, 1] in each format; ``spacing_mm`` is (row, column)."""
     from ecgflowcmr.io.cmr import write_cine
-    from ecgflowcmr.viz import write_video
+    from ecgflowcmr.viz.video import write_video
 
     stem.parent.mkdir(parents=True, exist_ok=True)
     for fmt in formats:

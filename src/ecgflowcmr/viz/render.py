@@ -16,63 +16,21 @@ from pathlib import Path
 import numpy as np
 
 from ecgflowcmr.canonical import FS, LEADS
-from ecgflowcmr.errors import InputError
+from ecgflowcmr.viz.video import _CURSOR, _check_out, _save, _to_uint8
 
 PANEL: int = 288
 """Side of one cine panel in the video (pixels; 96 × 3)."""
-SUFFIXES: tuple[str, ...] = (".mp4", ".gif", ".png")
 
 _BG = "#101114"
 _TEXT = "#e8e8ea"
 _TRACE = "#7ee0a1"
 _GRID = "#1d3326"
 _BAND = "#262b4a"
-_CURSOR = np.array([255, 84, 84], dtype=np.float32)
 _PAD, _TITLE_H, _FOOTER_H = 16, 30, 26
 _STRIP_H, _BEATS_H = 130, 230
 
 
 # --------------------------------------------------------------------------- public API
-
-
-def show(files: list[Path], out: Path, ecg: Path | None = None, fps: float = 25.0,
-         labels: list[str] | None = None) -> Path:
-    """``ecgflowcmr show``: cines (any reader format) side by side as MP4/GIF (PNG: frame 0), the ECG
-    (``ecg`` or one of ``files``) beneath with a moving cursor; a single ECG alone → a 12-lead PNG.
-    """
-    from ecgflowcmr.io.formats import is_ecg, sniff
-
-    out = Path(out)
-    cine_paths, ecg_paths = [], []
-    for f in files:
-        (ecg_paths if is_ecg(sniff(f)) else cine_paths).append(Path(f))
-    if ecg is not None:
-        ecg_paths.append(Path(ecg))
-    if len(ecg_paths) > 1:
-        raise InputError(ecg_paths[1], f"show draws one ECG, got {len(ecg_paths)}")
-    _check_out(out)
-    if not cine_paths:
-        if not ecg_paths:
-            raise InputError("files", "nothing to show")
-        if out.suffix.lower() != ".png":
-            raise InputError(out, "an ECG alone renders as a .png")
-        from ecgflowcmr.io.ecg import read_ecg
-
-        record = read_ecg(ecg_paths[0])
-        return render_ecg_png(record.signal, out, title=_display_name(ecg_paths[0]))
-    if labels is not None and len(labels) != len(cine_paths):
-        raise InputError("--labels", f"{len(labels)} labels for {len(cine_paths)} cines")
-    from ecgflowcmr.io.cmr import read_cine
-
-    cines = [read_cine(p).frames01 for p in cine_paths]
-    signal = rpeaks = None
-    if ecg_paths:
-        from ecgflowcmr.io.ecg import read_ecg
-
-        record = read_ecg(ecg_paths[0])
-        signal, rpeaks = record.signal, record.rpeaks
-    titles = labels if labels is not None else _default_titles(cine_paths)
-    return render_cine_video(cines, out, ecg_signal=signal, titles=titles, fps=fps, rpeaks=rpeaks)
 
 
 def render_cine_video(cines: list[np.ndarray], out: Path, ecg_signal: np.ndarray | None = None,
@@ -115,22 +73,6 @@ def render_cine_video(cines: list[np.ndarray], out: Path, ecg_signal: np.ndarray
             frame[r0:r1, x:x + 2] = (0.15 * block + 0.85 * _CURSOR).astype(np.uint8)
     _caption(frames, layout)
     _save(frames, out, fps)
-    return out
-
-
-def write_video(frames01: np.ndarray, out: Path, fps: float = 25.0) -> Path:
-    """Write one cine (T, H, W) in [0, 1] as .mp4 or .gif (.png: frame 0), upscaled ×3 (nearest), atomically."""
-    out = Path(out)
-    _check_out(out)
-    frames01 = np.asarray(frames01, dtype=np.float32)
-    if frames01.ndim != 3:
-        raise ValueError(f"frames01 must be (T, H, W), got shape {frames01.shape}")
-    gray = _to_uint8(frames01).repeat(3, axis=1).repeat(3, axis=2)
-    t, h, w = gray.shape
-    h16, w16 = -(-h // 16) * 16, -(-w // 16) * 16  # H.264 wants multiples of 16: pad with black
-    rgb = np.zeros((t, h16, w16, 3), dtype=np.uint8)
-    rgb[:, :h, :w] = gray[..., None]
-    _save(rgb, out, fps)
     return out
 
 
@@ -346,120 +288,6 @@ def _caption(frames: np.ndarray, layout: _Layout) -> None:
         img = Image.fromarray(frame[y:y + h])
         ImageDraw.Draw(img).text((x, 0), text, fill=(200, 200, 206), font=font)
         frame[y:y + h] = np.asarray(img)
-
-
-def _to_uint8(frames01: np.ndarray) -> np.ndarray:
-    x = np.nan_to_num(np.asarray(frames01, dtype=np.float32), nan=0.0)
-    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _check_out(out: Path) -> None:
-    if out.suffix.lower() not in SUFFIXES:
-        raise InputError(out, f"output must end in {', '.join(SUFFIXES)}")
-
-
-def _save(frames: np.ndarray, out: Path, fps: float) -> None:
-    """(T, H, W, 3) uint8 → .mp4 (H.264), .gif (one fixed palette) or .png (frame 0), atomically."""
-    from ecgflowcmr.atomic import atomic_file
-
-    if not fps > 0:
-        raise InputError("--fps", f"must be positive, got {fps}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    suffix = out.suffix.lower()
-    with atomic_file(out) as tmp:
-        if suffix == ".mp4":
-            _save_mp4(frames, tmp, fps)
-        elif suffix == ".gif":
-            _save_gif(frames, tmp, fps)
-        else:
-            from PIL import Image
-
-            Image.fromarray(frames[0]).save(tmp, format="PNG")
-
-
-def _save_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
-    import imageio_ffmpeg
-
-    _, h, w, _ = frames.shape
-    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec="libx264", quality=8,
-                                         macro_block_size=16, ffmpeg_log_level="error",
-                                         output_params=["-preset", "veryfast", "-movflags", "+faststart"])
-    writer.send(None)
-    try:
-        for frame in frames:
-            writer.send(np.ascontiguousarray(frame))
-    finally:
-        writer.close()
-
-
-def _save_gif(frames: np.ndarray, path: Path, fps: float) -> None:
-    """One palette for all frames, no dithering, so nothing flickers: gray pixels map to a gray ramp (256
-    levels, exact, when the frames are all gray; else 192), the few coloured ones (ECG, cursor, text) to
-    the nearest of up to 64 colours taken from the first frame.
-
-    Pillow merges consecutive identical frames (their durations add), so a static cine gives fewer frames.
-    """
-    from PIL import Image
-
-    first = frames[0].reshape(-1, 3)
-    coloured = first[(first[:, 0] != first[:, 1]) | (first[:, 1] != first[:, 2])]
-    colours = np.zeros((0, 3), dtype=np.uint8)
-    if len(coloured):
-        sample = Image.fromarray(np.concatenate([coloured, _CURSOR[None].astype(np.uint8)])[None])
-        colours = np.asarray(sample.quantize(colors=63, method=Image.Quantize.MEDIANCUT).getpalette(), np.uint8)
-        colours = np.unique(np.concatenate([colours.reshape(-1, 3)[:63], _CURSOR[None].astype(np.uint8)]), axis=0)
-    n_gray = 256 - len(colours)
-    levels = np.linspace(0, 255, n_gray)
-    gray_lut = np.abs(np.arange(256)[:, None] - levels[None]).argmin(axis=1).astype(np.uint8)
-    palette = np.concatenate([np.repeat(levels.round().astype(np.uint8)[:, None], 3, axis=1), colours])
-    nearest: dict[int, int] = {}
-
-    def quantize(codes: np.ndarray) -> np.ndarray:  # (M,) 0xRRGGBB → (M,) palette indices
-        index = gray_lut[codes >> 16]
-        coloured = codes != (codes >> 16) * 0x010101
-        if coloured.any():
-            unique, inverse = np.unique(codes[coloured], return_inverse=True)
-            new = np.array([c for c in unique.tolist() if c not in nearest], dtype=np.int64)
-            if new.size:
-                rgb = np.stack([new >> 16, (new >> 8) & 255, new & 255], axis=1)
-                dist = ((rgb[:, None, :] - palette[None].astype(np.int64)) ** 2).sum(axis=2)
-                nearest.update(zip(new.tolist(), dist.argmin(axis=1).tolist()))
-            index[coloured] = np.array([nearest[c] for c in unique.tolist()], dtype=np.uint8)[inverse.ravel()]
-        return index
-
-    def codes_of(pixels: np.ndarray) -> np.ndarray:  # (M, 3) uint8 → (M,) 0xRRGGBB
-        rgb = pixels.astype(np.int64)
-        return (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
-
-    ref = frames[0]
-    reference = quantize(codes_of(ref.reshape(-1, 3))).reshape(ref.shape[:2])
-    flat_palette = palette.flatten().tolist()
-    images = []
-    for frame in frames:  # only what differs from frame 0 (panels, cursor, caption) is quantized again
-        changed = (frame[..., 0] != ref[..., 0]) | (frame[..., 1] != ref[..., 1]) | (frame[..., 2] != ref[..., 2])
-        index = reference.copy()
-        index[changed] = quantize(codes_of(frame[changed]))
-        img = Image.fromarray(index, mode="P")
-        img.putpalette(flat_palette)
-        images.append(img)
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
-                   duration=max(20, round(1000 / fps)), loop=0, optimize=False)
-
-
-def _display_name(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".npy", ".npz", ".zip", ".hea", ".dat", ".xml", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _default_titles(paths: list[Path]) -> list[str]:
-    """File names without suffix; with the parent folder when names repeat (sub1/la_4ch, sub2/la_4ch)."""
-    names = [_display_name(p) for p in paths]
-    if len(set(names)) < len(names):
-        names = [f"{p.parent.name}/{n}" for p, n in zip(paths, names)]
-    return names
 
 
 def _rect(x: float, y: float, w: float, h: float, colour: str):
