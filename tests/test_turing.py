@@ -124,6 +124,8 @@ def test_create_refuses_bad_requests(sources, tmp_path: Path) -> None:
     store, generated = sources
     with pytest.raises(InputError, match="--n 9"):
         create_study(str(store), str(generated), 9, tmp_path / "s")
+    with pytest.raises(InputError, match="groups must differ"):
+        create_study(str(generated), str(generated), 2, tmp_path / "s")
     with pytest.raises(InputError, match="mode"):
         create_study(str(store), str(generated), 2, tmp_path / "s", mode="triple")
     assert not (tmp_path / "s").exists()
@@ -610,4 +612,6 @@ def test_cli_create_and_score(sources, tmp_path: Path, capsys) -> None:
     assert main(["turing", "create", "--real", str(tmp_path / "nope"), "--generated", str(generated),
                  "--out", str(tmp_path / "x")]) == 2
     assert main(["turing", "score", str(tmp_path / "nope")]) == 2
+    assert "not a Turing study" in capsys.readouterr().err
+    assert main(["turing", "serve", str(tmp_path / "nope")]) == 2
     assert "not a Turing study" in capsys.readouterr().err

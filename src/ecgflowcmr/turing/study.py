@@ -166,10 +166,15 @@ def create_study(real: str, generated: str, n: int, out: str | Path, *, seed: in
         raise InputError("--fps", f"must be positive, got {fps}")
     if out.exists():
         raise InputError(out, "exists; choose a new study folder")
+    real_refs, gen_refs = list_cines(real), list_cines(generated)
+    shared = {(r.kind, r.path.resolve(), r.split, r.index) for r in real_refs} & \
+             {(g.kind, g.path.resolve(), g.split, g.index) for g in gen_refs}
+    if shared:
+        raise InputError(generated, f"{len(shared)} of its cines are also in --real {real}: the groups must differ")
     rng = np.random.default_rng(seed)
     skipped: list[str] = []
-    real_cines = draw(list_cines(real), n, rng, real, skipped)
-    gen_cines = draw(list_cines(generated), n, rng, generated, skipped)
+    real_cines = draw(real_refs, n, rng, real, skipped)
+    gen_cines = draw(gen_refs, n, rng, generated, skipped)
 
     shuffle = secrets.SystemRandom()
     cines = [("real", r) for r in real_cines] + [("generated", g) for g in gen_cines]
