@@ -42,8 +42,8 @@ def synthetic_cines(n: int, rng: np.random.Generator, blur: float) -> np.ndarray
 
 
 def build_study(work: Path, n: int) -> Path:
-    from ecgflowcmr.data.cmr import write_nifti_cine
-    from ecgflowcmr.data.store import write_store
+    from ecgflowcmr.io.cmr import write_nifti_cine
+    from ecgflowcmr.store.prepared import write_store
     from ecgflowcmr.turing import create_study
 
     rng = np.random.default_rng(0)

@@ -20,8 +20,8 @@ import scipy.ndimage as ndi
 
 from conftest import make_synthetic_store, synthetic_pair
 from ecgflowcmr.cli import main
-from ecgflowcmr.data.cmr import write_nifti_cine
 from ecgflowcmr.errors import InputError
+from ecgflowcmr.io.cmr import write_nifti_cine
 from ecgflowcmr.turing import create_app, create_study, report_section, score_study, write_score
 from ecgflowcmr.turing.encode import mp4_boxes
 from ecgflowcmr.turing.score import binomial_vs_chance, fleiss_kappa, rates

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgflowcmr.data.store import CINE_SHAPE
+from ecgflowcmr.canonical import N_FRAMES, SIZE
 
-ENCODED_SIZE = 96
+ENCODED_SIZE = SIZE
 """Encoded width and height in pixels: the canonical grid, no resampling (the page scales it to 384)."""
+CINE_SHAPE = (N_FRAMES, SIZE, SIZE)
 DEFAULT_FPS = 25.0
 """Frames per second of every video: the 50-frame cycle loops every 2 s, whatever the source's heart rate."""
 CRF = 12
@@ -37,7 +38,7 @@ CRF = 12
 PERCENTILES = (1.0, 99.0)
 
 # Everything that shapes the stream is fixed here and identical for every cine of every study.
-_X264_PARAMS = "aud=1:keyint=50:min-keyint=50:scenecut=0:bframes=0:b-adapt=0:open-gop=0"
+_X264_PARAMS = f"aud=1:keyint={N_FRAMES}:min-keyint={N_FRAMES}:scenecut=0:bframes=0:b-adapt=0:open-gop=0"
 _START = b"\x00\x00\x01"
 
 

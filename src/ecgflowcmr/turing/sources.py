@@ -5,9 +5,9 @@ A source is named by one string (``SRC`` on the command line):
 - ``STORE`` or ``STORE:SPLIT`` — a store from ``ecgflowcmr prepare`` (a folder holding ``store.json``);
   the split defaults to ``test``. The store's cines are canonical already (uint8 codes of [-1, 1]).
 - ``MANIFEST.csv`` or ``MANIFEST.csv:SPLIT`` — every row with a ``cmr_path`` (of that split), read with
-  :func:`~ecgflowcmr.data.cmr.read_cine` (and its ``mask_path``, which places the heart crop).
+  :func:`~ecgflowcmr.io.cmr.read_cine` (and its ``mask_path``, which places the heart crop).
 - ``FOLDER`` — every ``*.nii`` / ``*.nii.gz`` below it (``ecgflowcmr generate`` writes sharded
-  sub-folders), read with :func:`~ecgflowcmr.data.cmr.read_cine`.
+  sub-folders), read with :func:`~ecgflowcmr.io.cmr.read_cine`.
 
 Every source yields the canonical cine: float32 (50, 96, 96) in [-1, 1].
 """
@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgflowcmr.data.manifest import PAIRED_SPLITS, read_manifest
-from ecgflowcmr.data.store import CINE_SHAPE, cine_from_uint8, read_store_meta
+from ecgflowcmr.canonical import N_FRAMES, SIZE
 from ecgflowcmr.errors import InputError
+from ecgflowcmr.io.manifest import PAIRED_SPLITS, read_manifest
+from ecgflowcmr.store.prepared import cine_from_uint8, read_store_meta
 
 DEFAULT_STORE_SPLIT = "test"
 
@@ -70,11 +71,11 @@ def load_cine(ref: CineRef) -> np.ndarray:
     if ref.kind == "store":
         codes = np.load(ref.path / ref.split / "cine.npy", mmap_mode="r")[ref.index]
         return cine_from_uint8(np.asarray(codes))
-    from ecgflowcmr.data.cmr import read_cine
+    from ecgflowcmr.io.cmr import read_cine
 
     frames = read_cine(ref.path, mask=ref.mask).frames
-    if frames.shape != CINE_SHAPE:  # read_cine promises the canonical grid; say so if that ever breaks
-        raise InputError(ref.path, f"canonical cine is {frames.shape}, expected {CINE_SHAPE}")
+    if frames.shape != (N_FRAMES, SIZE, SIZE):  # read_cine promises the canonical grid; say so if it breaks
+        raise InputError(ref.path, f"canonical cine is {frames.shape}, expected {(N_FRAMES, SIZE, SIZE)}")
     return frames
 
 
