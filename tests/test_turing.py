@@ -228,6 +228,7 @@ def test_rater_flow_resume_and_own_order(study: Path) -> None:
     client = create_app(study, "admin-token").test_client()
     ada = enter(client, "Ada Lovelace")
     assert client.post("/api/raters", json={"name": "  ada   LOVELACE "}).json["rater_id"] == ada  # same rater
+    assert enter(client, "Åsa Öberg") == enter(client, "åsa öBERG")  # beyond ASCII too
     first = client.get(f"/api/raters/{ada}/next").json
     assert first["answered"] == 0 and first["total"] == 2 * N and first["mode"] == "single"
     item = first["item"]["id"]
@@ -435,7 +436,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1200,900", "--autoplay-policy=no-user-gesture-required")
+                  "--disable-dev-shm-usage", "--window-size=1200,900")
 
 
 @pytest.fixture
@@ -464,17 +465,21 @@ def test_browser_rater_survives_a_server_restart(study: Path, browser) -> None:
     wait = WebDriverWait(browser, 20)
     clicks: list[tuple[str, int]] = []
 
-    def rate(count: int) -> None:
+    def rate(count: int, keys: bool = False) -> None:
         for _ in range(count):
             progress = f"{len(clicks)} of {2 * N} rated"
             wait.until(lambda d, text=progress: d.find_element(By.ID, "progress").text.endswith(text))
-            # Chromium decodes the padded H.264: the video has its 96×96 frames and plays on its own
+            # Chromium decodes the padded H.264: the video has its 96×96 frames and plays (muted, looping)
             wait.until(lambda d: d.execute_script(
-                "const v = document.querySelector('video'); return v && v.readyState >= 2 && v.videoWidth;") == 96)
+                "const v = document.querySelector('video');"
+                "return v && v.readyState >= 2 && !v.paused && v.loop && v.videoWidth;") == 96)
             confidence = len(clicks) % 5 + 1
             answer = "generated" if len(clicks) % 3 else "real"
-            browser.find_element(By.CSS_SELECTOR, f"input[name=confidence][value='{confidence}']").click()
-            browser.find_element(By.CSS_SELECTOR, f"#choices button[data-answer='{answer}']").click()
+            if keys:  # the keyboard: a digit for the confidence, R or G for the answer
+                browser.find_element(By.TAG_NAME, "body").send_keys(str(confidence), answer[0])
+            else:
+                browser.find_element(By.CSS_SELECTOR, f"input[name=confidence][value='{confidence}']").click()
+                browser.find_element(By.CSS_SELECTOR, f"#choices button[data-answer='{answer}']").click()
             clicks.append((answer, confidence))
 
     proc, base, _ = start_server(study)
@@ -498,7 +503,7 @@ def test_browser_rater_survives_a_server_restart(study: Path, browser) -> None:
         browser.get(f"{base}/")  # the rater comes back and enters the same name
         browser.find_element(By.ID, "name").send_keys("Dr Eve")
         browser.find_element(By.ID, "start").click()
-        rate(2 * N - 3)
+        rate(2 * N - 3, keys=True)
         wait.until(lambda d: d.find_element(By.ID, "done").is_displayed())
     finally:
         proc.terminate()

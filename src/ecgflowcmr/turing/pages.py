@@ -20,6 +20,7 @@ button { font-size: 1.1rem; padding: 0.6rem 1.4rem; margin: 0.3rem; cursor: poin
 input[type=text] { font-size: 1.1rem; padding: 0.4rem; width: 18rem; }
 fieldset { border: 1px solid #555; display: inline-block; margin: 0.5rem; }
 #error { color: #f77; min-height: 1.5rem; }
+.hint { color: #999; font-size: 0.9rem; }
 table { margin: 1rem auto; border-collapse: collapse; }
 td, th { border: 1px solid #555; padding: 0.3rem 0.8rem; }
 """
@@ -54,6 +55,7 @@ RATE_HTML = """<!doctype html>
 <label><input type="radio" name="confidence" value="5"> 5 certain</label>
 </fieldset>
 </form>
+<p class="hint">Keys: R real, G generated (pairs: ← left, → right); 1–5 confidence.</p>
 <p id="error" role="alert"></p>
 <p id="done" hidden>All videos rated. Thank you!</p>
 </main><script src="/app.js"></script></body></html>
@@ -100,10 +102,10 @@ async function loadNext() {
   if (data.done) { $("answer").hidden = true; $("question").textContent = ""; $("done").hidden = false; current = null; return; }
   current = data.item;
   $("question").textContent = QUESTION[data.mode];
-  data.item.videos.forEach((url, k) => {
+  const players = data.item.videos.map((url, k) => {
     const figure = document.createElement("figure");
     const video = document.createElement("video");
-    Object.assign(video, {src: url, autoplay: true, loop: true, muted: true, playsInline: true});
+    Object.assign(video, {src: url, preload: "auto", loop: true, muted: true, playsInline: true});
     video.setAttribute("disablepictureinpicture", "");
     video.setAttribute("controlslist", "nodownload");
     figure.append(video);
@@ -113,7 +115,12 @@ async function loadNext() {
       figure.append(caption);
     }
     videos.append(figure);
+    return video;
   });
+  // start together, so a pair loops in step (the videos have the same frame count and rate)
+  Promise.all(players.map((v) => new Promise((ok) => {
+    if (v.readyState >= 3) ok(); else v.addEventListener("canplay", ok, {once: true});
+  }))).then(() => players.forEach((v) => { v.currentTime = 0; v.play().catch(() => {}); }));
   const choices = $("choices");
   choices.replaceChildren();
   data.answers.forEach((value) => {
@@ -138,6 +145,16 @@ async function submit(value) {
   }
   await loadNext();
 }
+
+// keys: R / G (single), ← / → (pair) answer; 1–5 set the confidence
+const KEYS = {r: "real", g: "generated", ArrowLeft: "a", ArrowRight: "b"};
+document.addEventListener("keydown", (event) => {
+  if (!current || event.target.tagName === "INPUT" && event.target.type === "text") return;
+  if (/^[1-5]$/.test(event.key)) { document.querySelector(`input[name=confidence][value="${event.key}"]`).checked = true; return; }
+  const value = KEYS[event.key];
+  const button = value && document.querySelector(`#choices button[data-answer="${value}"]`);
+  if (button && !button.disabled) { event.preventDefault(); submit(value); }
+});
 
 if ($("enter")) { $("enter").addEventListener("submit", enter); }
 if ($("answer")) { loadNext(); }

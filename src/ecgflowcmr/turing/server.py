@@ -153,13 +153,13 @@ def create_app(study: str | Path, admin_token: str) -> Flask:
         conn = db()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            row = conn.execute("SELECT rater_id FROM raters WHERE name = ?", (name,)).fetchone()
+            row = conn.execute("SELECT rater_id FROM raters WHERE name_key = ?", (name.casefold(),)).fetchone()
             status = 200
             if row is None:
                 rater_id = secrets.token_hex(TOKEN_HEX_CHARS // 2)
                 items = [r[0] for r in conn.execute("SELECT item_id FROM items")]
                 secrets.SystemRandom().shuffle(items)
-                conn.execute("INSERT INTO raters VALUES (?, ?, ?)", (rater_id, name, time.time()))
+                conn.execute("INSERT INTO raters VALUES (?, ?, ?, ?)", (rater_id, name, name.casefold(), time.time()))
                 conn.executemany("INSERT INTO orders VALUES (?, ?, ?)",
                                  [(rater_id, k, item) for k, item in enumerate(items)])
                 status = 201
@@ -170,6 +170,7 @@ def create_app(study: str | Path, admin_token: str) -> Flask:
             conn.execute("ROLLBACK")
             raise
         answered = _answered(conn, rater_id)
+        name = conn.execute("SELECT name FROM raters WHERE rater_id = ?", (rater_id,)).fetchone()[0]
         return jsonify(rater_id=rater_id, name=name, answered=answered, total=n_items), status
 
     @app.get("/api/raters/<rater_id>/next")
@@ -259,7 +260,11 @@ def _answered(conn: sqlite3.Connection, rater_id: str) -> int:
 
 
 def _clean_name(value: Any) -> str:
-    """A rater's name: text, 1–64 characters after collapsing white space, no control characters."""
+    """A rater's name: text, 1–64 characters after collapsing white space, no control characters.
+
+    Names match case-insensitively (``str.casefold``, so also beyond ASCII): the same person entering
+    "Dr Ng" and "dr  NG" resumes one rater.
+    """
     if not isinstance(value, str):
         raise RequestError(400, "name must be text")
     name = " ".join(unicodedata.normalize("NFC", value).split())
