@@ -580,7 +580,8 @@ def test_score_a_study_by_hand(study: Path, tmp_path: Path) -> None:
     assert (conf[1]["answered"], conf[1]["accuracy"]) == (2 * N, 0.5)
     assert score.unfinished == ["Cy"]
     files = write_score(score, tmp_path / "score")
-    assert [f.name for f in files] == ["score.md", "raters.csv", "confidence.csv"]
+    assert [f.name for f in files] == ["score.md", "score.json", "raters.csv", "confidence.csv"]
+    assert json.loads(files[1].read_text())["overall"]["correct"] == 15
     assert "| Ada | 8 | 8 | 1.000 |" in files[0].read_text()
     assert (tmp_path / "score" / "raters.csv").read_text().splitlines()[0].startswith("who,answered,correct")
     assert report_section(study).startswith("## Turing test")

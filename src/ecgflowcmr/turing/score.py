@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -201,7 +202,8 @@ def _csv(header: list[str], rows: list[list[object]]) -> str:
 
 
 def write_score(score: Score, out: str | Path) -> list[Path]:
-    """Write ``score.md``, ``raters.csv`` (per rater and pooled) and ``confidence.csv`` into ``out``."""
+    """Write ``score.md``, ``score.json`` (every field of :class:`Score`), ``raters.csv`` (per rater and
+    pooled) and ``confidence.csv`` into ``out``. A report below this layer can read these files."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cols = _columns(score.mode)
@@ -209,6 +211,7 @@ def write_score(score: Score, out: str | Path) -> list[Path]:
     conf_rows = [[c["confidence"], c["answered"], c["correct"], c["accuracy"]] for c in score.by_confidence]
     files = {
         "score.md": "# Turing study score\n\n" + markdown_section(score, "##"),
+        "score.json": json.dumps(asdict(score), indent=2) + "\n",
         "raters.csv": _csv(cols, rater_rows),
         "confidence.csv": _csv(["confidence", "answered", "correct", "accuracy"], conf_rows),
     }
