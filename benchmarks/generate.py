@@ -3,7 +3,7 @@
 For the ``tiny`` and ``paper`` presets (randomly initialised networks: speed does not depend on the
 weights) at batch 1 and larger batches: seconds per video split into ECG encoding, sampling and decoding;
 FLOPs per video; achieved GFLOP/s against the machine's measured matmul throughput. Beside it, the public
-code's configuration at the same shapes (DESIGN.md §8: one token per latent voxel, 20 network passes).
+code's configuration at the same shapes (docs/decisions.md: one token per latent voxel, 20 network passes).
 
 A preset may carry overrides of its stage configs after a colon, comma-separated, each ``stage.key=value``
 (stage: pamae, vae or flow, keys as ``--set`` of ``ecgflowcmr train``); e.g. the cheaper variants of the
@@ -110,7 +110,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} | {r[4]:.3f} | {r[5]:.3f} | {r[6]:.1f} | {r[7]:.1f} | "
               f"{r[8]:.0f}% | {r[9]} |")
-    print("\npublic code at the same shapes (DESIGN.md §8, measured on this machine class): DiT 72.8M params, "
+    print("\npublic code at the same shapes (docs/decisions.md, measured on this machine class): DiT 72.8M params, "
           "7,200 tokens, ≈6.4 s per pass × 20 passes ≈ 128 s per video before decoding; its VAE decoder "
           "needs 26.5 GB (does not run in 24 GB). benchmarks/dit.py measures that DiT configuration here.")
 

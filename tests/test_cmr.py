@@ -117,6 +117,10 @@ def test_write_cine_is_lossless_and_in_the_input_space(tmp_path):
     out = write_cine(tmp_path / "gen" / "out.nii.gz", generated, like=cine)
     back = read_cine(out)
     np.testing.assert_array_equal(back.frames, generated * 2 - 1)
+    np.testing.assert_array_equal(back.frames01, generated)  # the written array itself
+    tiny = np.full((50, 96, 96), 1e-9, dtype=np.float32)  # 2·x − 1 in float32 cannot hold this …
+    assert ((read_cine(write_cine(tmp_path / "tiny.nii", tiny)).frames + 1) * 0.5 == 0).all()
+    np.testing.assert_array_equal(read_cine(tmp_path / "tiny.nii").frames01, tiny)  # … frames01 does
     np.testing.assert_allclose(back.affine, cine.affine, atol=1e-4)
     assert back.frame_interval_s == pytest.approx(0.025, rel=1e-5)
     # canonical voxel (col, row) → world equals the source voxel it was sampled from
@@ -278,7 +282,7 @@ def test_dicom_too_many_missing_frames_is_refused(tmp_path):
 
 
 def test_mixed_lax_series_gives_the_middle_view(tmp_path):
-    """A CINE_segmented_LAX series of 3×T images in the order 3Ch, 4Ch, 2Ch (FORMATS.md)."""
+    """A CINE_segmented_LAX series of 3×T images in the order 3Ch, 4Ch, 2Ch (docs/formats.md)."""
     t = 12
     views = [np.full((t, 32, 32), v, np.uint16) for v in (100, 200, 300)]
     for v in views:

@@ -12,11 +12,13 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ecgflowcmr.bundle import load_flow, read_template, save_weights
+from ecgflowcmr.bundle import load_model, read_template, save_weights
 from ecgflowcmr.errors import ConfigError, InputError
+from ecgflowcmr.evaluation.stage_metrics import flow_metrics
 from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
 from ecgflowcmr.flow.sampler import sample
 from ecgflowcmr.models.dit import DiTConfig
+from ecgflowcmr.store import latents
 
 SMALL = DiTConfig(latent_channels=2, frames=6, latent_size=4, cond_dim=8, width=32, depth=1, heads=2)
 SHAPE = (2, 6, 4, 4)
@@ -217,9 +219,9 @@ def test_sampler_rejects_bad_arguments() -> None:
     with pytest.raises(ConfigError):
         sample(flow, cond, steps=0)
     with pytest.raises(ConfigError):
-        sample(flow, cond, method="rk4")
+        sample(flow, cond, steps=2, method="rk4")
     with pytest.raises(ConfigError):  # no unconditional model to guide with
-        sample(flow, cond, guidance=2.0)
+        sample(flow, cond, steps=2, guidance=2.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,14 +252,79 @@ def test_a_few_training_steps_reduce_the_loss() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The flow stage (frozen networks stubbed: the stage's own logic only)
+# The flow stage on real (tiny, briefly trained) PA-MAE and VAE runs
+# --------------------------------------------------------------------------------------------------
+
+UPSTREAM_SETS = ["train.steps=2", "train.batch_size=2", "train.warmup_steps=1", "train.val_every=0",
+                 "train.ckpt_every=0", "train.log_every=1", "train.device=cpu", "eval.max_items=2"]
+
+
+@pytest.fixture(scope="module")
+def real_upstream(synthetic_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A PA-MAE run and a VAE run (tiny presets, 2 steps each) on the synthetic store."""
+    from ecgflowcmr.training.tasks import train
+
+    root = tmp_path_factory.mktemp("upstream")
+    return {"pamae": train("pamae", synthetic_store, root / "pamae", "tiny", sets=UPSTREAM_SETS),
+            "vae": train("vae", synthetic_store, root / "vae", "tiny", sets=[*UPSTREAM_SETS, "train.batch_size=1"])}
+
+
+def test_stage_build_returns_a_setup(synthetic_store: Path, tmp_path: Path, real_upstream: dict) -> None:
+    from ecgflowcmr.config import load_config
+    from ecgflowcmr.training.stages import flow as flow_stage
+
+    cfg = load_config(flow_stage.RunConfig, "flow", "tiny")
+    setup = flow_stage.build(cfg, synthetic_store, tmp_path, **real_upstream)
+    batch = next(iter(torch.utils.data.DataLoader(setup.train_set, batch_size=2)))
+    assert batch["z1"].shape == (2, 4, 50, 12, 12) and batch["cond"].shape == (2, 50, 64)  # tiny VAE, PA-MAE
+    loss, parts = setup.model(batch)
+    assert loss.ndim == 0 and torch.isfinite(loss) and "mse" in parts
+    assert len(setup.train_set) == 8 and len(setup.val_set) == 4  # every synthetic ECG aligns
+    assert torch.equal(setup.model.template, read_template(real_upstream["vae"]))
+
+
+def test_stage_trains_end_to_end_and_its_bundle_generates(synthetic_store: Path, tmp_path: Path,
+                                                          real_upstream: dict) -> None:
+    import json
+
+    import numpy as np
+
+    from ecgflowcmr import load_pipeline
+    from ecgflowcmr.training.stages import flow as flow_stage
+    from ecgflowcmr.training.tasks import run_stage
+
+    sets = ["train.steps=4", "train.batch_size=2", "train.val_every=2", "train.ckpt_every=2", "train.log_every=1",
+            "train.device=cpu", "model.sample_steps=2", "eval.max_items=2"]
+    run = run_stage(flow_stage, "flow", synthetic_store, tmp_path / "run", config="tiny", sets=sets, **real_upstream)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["training"]["steps"] == 4 and metrics["flow_test_items"]["value"] == 2
+    assert np.isfinite([metrics[k]["value"] for k in ("flow_latent_mse", "flow_latent_mse_template")]).all()
+    flow = load_model(run, "flow")
+    assert flow.config.sample_steps == 2 and flow.config.dit.cond_dim == 64 and flow.config.dit.patch == 3
+    pipe = load_pipeline(run)  # run/bundle: the real PA-MAE, VAE and this flow
+    ecg = first_test_ecg(synthetic_store)
+    video = pipe.generate(ecg, seed=1)
+    assert video.shape == (50, 96, 96) and video.dtype == np.float32 and 0 <= video.min() <= video.max() <= 1
+    np.testing.assert_array_equal(video, pipe.generate(ecg, seed=1))
+    assert pipe.sampling["steps"] == 2
+
+
+def first_test_ecg(store: Path):
+    """The first test ECG of a store, (12, 5000) mV."""
+    from ecgflowcmr.store.prepared import StoreDataset
+
+    return StoreDataset(store, "test", fields=("ecg",))[0]["ecg"].numpy()
+
+
+# --------------------------------------------------------------------------------------------------
+# The latent cache, with the frozen networks stubbed (known encodings): the cache's own logic only
 # --------------------------------------------------------------------------------------------------
 
 
 class StubPAMAE(nn.Module):
     """encode_aligned: (B, 12, 5000) → tokens (B, 50, 8); the first item of every batch is 'invalid'."""
 
-    def encode_aligned(self, ecg: Tensor) -> SimpleNamespace:
+    def encode_aligned(self, ecg: Tensor, rpeaks: list | None = None) -> SimpleNamespace:
         tokens = ecg[:, :8, :5000].reshape(ecg.shape[0], 8, 50, 100).mean(-1).transpose(1, 2)
         valid = torch.ones(ecg.shape[0], dtype=torch.bool)
         valid[0] = False
@@ -311,16 +378,19 @@ def test_stage_encodes_caches_finalizes_and_loads(synthetic_store: Path, tmp_pat
     model_cfg = flow_stage.fit_to_upstream(cfg.model, first["z1"][None], first["cond"][None])
     assert (model_cfg.dit.latent_channels, model_cfg.dit.cond_dim, model_cfg.dit.width) == (2, 8, 16)
     model = FlowMatching(model_cfg, read_template(upstream["vae"]))
-    metrics = flow_stage.evaluate(model, cfg, run)  # finalize = this + the bundle (tests/test_pipeline.py)
-    names = ("flow_latent_mse", "flow_latent_mse_template", "flow_latent_mse_other_ecg", "flow_latent_mse_real_pairs")
-    for name in names:
-        assert metrics[name]["value"] >= 0 and metrics[name]["definition"]
+    metrics = flow_metrics(model, latents.open_encoded_split(run, "test"), cfg.eval)  # finalize: this + the bundle
+    test = encoded["test"].tensors()
+    z1, template = test["z1"], model.template
+    assert metrics["flow_test_items"]["value"] == len(z1) == 2  # 4 test items in batches of 3: 2 invalid (stub)
+    assert metrics["flow_latent_mse_template"]["value"] == pytest.approx(float(((template - z1) ** 2).mean()))
+    assert metrics["flow_latent_mse_real_pairs"]["value"] == pytest.approx(float(((z1.roll(1, 0) - z1) ** 2).mean()))
+    assert all(d["definition"] for d in metrics.values())
     # an untrained flow returns z0 = template + ε, so its MSE is the template's plus about α² = 1
     assert metrics["flow_latent_mse"]["value"] == pytest.approx(metrics["flow_latent_mse_template"]["value"] + 1,
                                                                 abs=0.2)
 
     save_weights(model, run, dataclasses.asdict(model.config))
-    loaded = load_flow(run)
+    loaded = load_model(run, "flow")
     assert loaded.config == model.config and not loaded.training
     assert torch.equal(loaded.template, model.template)
     cond = encoded["test"].tensors()["cond"][:2]
@@ -329,46 +399,10 @@ def test_stage_encodes_caches_finalizes_and_loads(synthetic_store: Path, tmp_pat
 
 
 def test_stage_needs_both_upstream_runs(synthetic_store: Path, tmp_path: Path) -> None:
-    pytest.importorskip("ecgflowcmr.training.loop")
     from ecgflowcmr.training.stages import flow as flow_stage
 
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="needs a trained PA-MAE run and a trained VAE run"):
         flow_stage.build(flow_stage.RunConfig(), synthetic_store, tmp_path, pamae=None, vae=tmp_path)
-
-
-def test_stage_build_returns_a_setup(synthetic_store: Path, tmp_path: Path, upstream: dict) -> None:
-    pytest.importorskip("ecgflowcmr.training.loop")
-    from ecgflowcmr.config import load_config
-    from ecgflowcmr.training.stages import flow as flow_stage
-
-    cfg = load_config(flow_stage.RunConfig, "flow", "tiny")
-    setup = flow_stage.build(cfg, synthetic_store, tmp_path, pamae=upstream["pamae"], vae=upstream["vae"])
-    batch = next(iter(torch.utils.data.DataLoader(setup.train_set, batch_size=2)))
-    assert batch["z1"].shape == (2, 2, 50, 12, 12) and batch["cond"].shape == (2, 50, 8)
-    loss, parts = setup.model(batch)
-    assert loss.ndim == 0 and "mse" in parts
-    assert not any(isinstance(m, StubPAMAE | StubVAE) for m in setup.model.modules())
-    assert len(setup.val_set) == 4 - 1  # one batch of 4, its first item invalid
-
-
-def test_stage_trains_end_to_end_with_the_engine(synthetic_store: Path, tmp_path: Path, upstream: dict) -> None:
-    pytest.importorskip("ecgflowcmr.training.tasks")
-    import json
-
-    from ecgflowcmr.training.stages import flow as flow_stage
-    from ecgflowcmr.training.tasks import run_stage
-
-    sets = ["train.steps=4", "train.batch_size=2", "train.val_every=2", "train.ckpt_every=2", "train.log_every=1",
-            "train.device=cpu", "model.sample_steps=2", "stage.eval_items=2"]
-    run = run_stage(flow_stage, "flow", synthetic_store, tmp_path / "run", config="tiny", sets=sets,
-                    pamae=upstream["pamae"], vae=upstream["vae"])
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["training"]["steps"] == 4
-    assert metrics["flow_latent_mse"]["value"] >= 0
-    flow = load_flow(run)
-    assert flow.config.sample_steps == 2 and flow.config.dit.cond_dim == 8 and flow.config.dit.patch == 3
-    assert (run / "cache" / "train-0of1" / "z1.npy").exists() and (run / "upstream.json").exists()
-    assert (run / "bundle" / "bundle.json").exists() and (run / "bundle" / "flow" / "model.safetensors").exists()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -430,7 +464,7 @@ def test_cache_is_reused_unchanged_and_rebuilt_when_stale(synthetic_store: Path,
     first = snapshot()
     assert sorted(p.name for p in cache.iterdir()) == ["test-0of1", "train-0of1", "val-0of1"]  # no temp left
     meta = json.loads((cache / "train-0of1" / "meta.json").read_text())
-    assert meta["dropped_invalid_ecg"] == "3" and meta["items"] == "5" and meta["version"] == flow_stage.CACHE_VERSION
+    assert meta["dropped_invalid_ecg"] == "3" and meta["items"] == "5" and meta["version"] == latents.CACHE_VERSION
     flow_stage.encoded_splits(*args)
     assert snapshot() == first and len(upstream["loads"]) == 1  # not rewritten, networks not loaded
 
@@ -443,18 +477,17 @@ def test_cache_is_reused_unchanged_and_rebuilt_when_stale(synthetic_store: Path,
 
 
 def test_shards_join_in_item_order_and_train_like_tensors_in_memory(synthetic_store: Path, tmp_path: Path) -> None:
-    from ecgflowcmr.training.stages import flow as flow_stage
 
     for rank in (1, 0):  # two ranks of items 0..7 in batches of 3: 0, 6 and 1, 7 open a batch (invalid)
-        out = flow_stage._shard_path(tmp_path, "train", rank, 2)
+        out = latents.shard_path(tmp_path, "train", rank, 2)
         out.parent.mkdir(parents=True, exist_ok=True)
-        dropped = flow_stage.encode_split(synthetic_store, "train", StubPAMAE(), StubVAE(), 3, torch.device("cpu"),
-                                          out, {"version": flow_stage.CACHE_VERSION}, rank, 2)
+        dropped = latents.encode_split(synthetic_store, "train", StubPAMAE(), StubVAE(), 3, torch.device("cpu"),
+                                          out, {"version": latents.CACHE_VERSION}, rank, 2)
         assert dropped == 2
-    pairs = flow_stage.open_encoded_split(tmp_path, "train")
+    pairs = latents.open_encoded_split(tmp_path, "train")
     assert pairs is not None and pairs.index.tolist() == [2, 3, 4, 5] and len(pairs.folders) == 2
     reference = stub_encoding(synthetic_store, "train", [2, 3, 4, 5])
-    loaded = flow_stage.read_encoded_split(tmp_path, "train", world=2)
+    loaded = latents.read_encoded_split(tmp_path, "train", world=2)
     assert torch.equal(loaded["z1"], reference["z1"]) and torch.equal(loaded["cond"], reference["cond"])
 
     def losses(dataset: torch.utils.data.Dataset) -> list[float]:

@@ -131,22 +131,18 @@ def fake_encoder(model: PAMAE, phase: torch.Tensor) -> None:
     model.encode = lambda ecg: (tokens[: ecg.shape[0]].clone(), phase[: ecg.shape[0]])
 
 
-def test_source_flags_and_fallbacks(monkeypatch):
+def test_source_flags_and_fallbacks():
     model = tiny().eval()
     ramp = torch.remainder(unwrapped_phase_from_rpeaks([np.arange(150, 5000, 400)], 625), 2 * math.pi).float()
     fake_encoder(model, torch.cat([ramp, torch.zeros(2, 625)]))  # sample 0 has cycles, 1 and 2 none
     ecg = spiky_ecg(3)
-    calls = []
-
-    def detector(lead_ii, fs=500):
-        calls.append(len(calls))
-        return np.arange(150, 5000, 400) if len(calls) == 1 else np.zeros(0, dtype=np.int64)
-
-    monkeypatch.setattr("ecgflowcmr.signal.phase.detect_rpeaks", detector)
-    out = model.encode_aligned(ecg)
+    # the ECGs' own R-peaks (as read_ecg carries them): item 1 has them, item 2 has none
+    rpeaks = [np.arange(150, 5000, 400), np.arange(150, 5000, 400), np.zeros(0, dtype=np.int64)]
+    out = model.encode_aligned(ecg, rpeaks)
     assert out.source.tolist() == [0, 1, 2] and out.valid.all()
-    assert len(calls) == 2  # the detector only runs where the predicted phase found nothing
     torch.testing.assert_close(out.tokens[0], out.tokens[1])  # same R-peaks → same cycle
+    without = model.encode_aligned(ecg)  # no R-peaks given: no R-peak fallback
+    assert without.source.tolist() == [0, 2, 2]
     # 12 cycles of position-coded tokens: the median is the lower middle one, from R-peak 150 + 5·400 …
     want = (2150 + 400 * torch.arange(50) / 50 - 4) / 8
     torch.testing.assert_close(out.tokens[0, :, 0], want, atol=1e-3, rtol=0)
@@ -203,7 +199,7 @@ def test_presets_load():
 
 
 def test_stage_build_finalize_load(synthetic_store, tmp_path):
-    from ecgflowcmr.bundle import load_pamae, save_weights
+    from ecgflowcmr.bundle import load_model, save_weights
     from ecgflowcmr.training.stages import pamae as stage
 
     cfg = stage.RunConfig(model=PAMAEConfig(**TINY))
@@ -217,7 +213,7 @@ def test_stage_build_finalize_load(synthetic_store, tmp_path):
     for name in ("rec_mse_mv2", "phase_circular_mae_rad", "rpeak_f1_20ms", "fraction_cycle_from_predicted_phase"):
         assert np.isfinite(metrics[name]["value"]) and metrics[name]["definition"]
     assert 0 <= metrics["phase_circular_mae_rad"]["value"] <= math.pi
-    loaded = load_pamae(tmp_path)
+    loaded = load_model(tmp_path, "pamae")
     ecg = batch["ecg"]
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode(ecg)[0], setup.model.eval().encode(ecg)[0])

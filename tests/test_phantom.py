@@ -1,4 +1,4 @@
-"""The paired ECG–CMR phantom (DESIGN.md §6): determinism, physics checks, file formats, the CLI."""
+"""The paired ECG–CMR phantom (docs/decisions.md): determinism, physics checks, file formats, the CLI."""
 
 from __future__ import annotations
 

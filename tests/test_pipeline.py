@@ -15,6 +15,7 @@ from ecgflowcmr import load_pipeline
 from ecgflowcmr.cli import main
 from ecgflowcmr.commands.generate import shard_of
 from ecgflowcmr.errors import InputError
+from ecgflowcmr.io.cmr import read_cine
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,8 @@ def test_generate_manifest_resumes_and_records_failures(demo_run: Path, tmp_path
     assert img.shape == (96, 96, 1, 50)
     zooms = img.header.get_zooms()
     assert zooms[0] > 0 and 0.005 < zooms[3] < 0.03  # spacing in mm, frame interval in s (RR / 50)
+    generated = np.load(out / shard_of(sid) / f"{sid}.npy")
+    np.testing.assert_array_equal(read_cine(nii).frames01, generated)  # read back: the generated array
     with open(out / "failed.csv", newline="") as fh:
         failed = list(csv.DictReader(fh))
     assert [f["subject_id"] for f in failed] == ["broken"]
@@ -96,7 +99,7 @@ def test_partial_bundle_fails_clearly(demo_run: Path, tmp_path: Path) -> None:
 
 def test_report_metric_rows_pair_each_number_with_its_definition():
     """One row per number: {"value", "definition"} metrics, shared definitions for plain numbers, nested sections."""
-    from ecgflowcmr.commands.demo import _metrics_table, metric_rows
+    from ecgflowcmr.commands.demo_report import _metrics_table, metric_rows
 
     metrics = {
         "generated_vs_real": {"psnr_db": 12.5, "n": 3, "definition": "shared"},

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from ecgflowcmr.bundle import load_vae
+from ecgflowcmr.bundle import load_model
 from ecgflowcmr.errors import ConfigError
 from ecgflowcmr.models.image_metrics import gaussian_window, psnr, ssim
 from ecgflowcmr.models.vae3d import PRESETS, AxisAttention, PeriodicConv3d, VAEConfig, VideoVAE, kl_divergence
@@ -145,22 +145,30 @@ def test_train_frames_crops_a_circular_window_in_training_only():
     assert ((window.flatten().diff() % 6) == 1).all()  # consecutive frames, wrapping around the cycle
 
 
-def test_gan_option_steps_its_own_discriminator_outside_the_module():
-    model = small(gan_weight=0.1, gan_start=1, disc_channels=8)
-    assert not any("disc" in k for k in model.state_dict())  # the engine never sees the discriminator
-    disc = model._disc[0]
+def test_gan_discriminator_is_trained_by_the_loop_not_inside_forward():
+    from ecgflowcmr.models.vae3d import PatchDiscriminator3d
+    from ecgflowcmr.training.adversary import Adversary
+
+    model = small(gan_weight=0.1)
+    adversary = Adversary(PatchDiscriminator3d(1, 8), lr=1e-3, start=1)
+    disc = adversary.discriminator
     before = [p.clone() for p in disc.parameters()]
     x = clip()
-    _, parts = model({"cine": x})
-    assert parts["gen_adv"] == parts["disc_loss"] == 0.0  # before gan_start (same keys every step)
+    _, parts = model({"cine": x}, adversary)
+    assert parts["gen_adv"] == 0.0  # before the start step (same keys every step)
+    assert adversary.step() == {"disc_loss": 0.0}
     assert all(torch.equal(a, p) for a, p in zip(before, disc.parameters()))
-    loss, parts = model({"cine": x})
-    assert parts["disc_loss"] > 0 and parts["gen_adv"] != 0.0
-    assert any(not torch.equal(a, p) for a, p in zip(before, disc.parameters()))
-    disc_grads = [p.grad.clone() for p in disc.parameters()]
+    loss, parts = model({"cine": x}, adversary)
+    assert parts["gen_adv"] != 0.0
+    assert all(torch.equal(a, p) for a, p in zip(before, disc.parameters()))  # forward never steps D
     loss.backward()  # the generator's loss must not touch the discriminator
-    assert all(torch.equal(g, p.grad) for g, p in zip(disc_grads, disc.parameters()))
+    assert all(p.grad is None for p in disc.parameters())
     assert model.decoder.layers[-1].weight.grad is not None
+    assert adversary.step()["disc_loss"] > 0  # the loop's call: one hinge update on the kept pair
+    assert any(not torch.equal(a, p) for a, p in zip(before, disc.parameters()))
+    assert not any("disc" in k for k in model.state_dict())  # the engine's export never sees D
+    _, parts = model({"cine": x})
+    assert "gen_adv" not in parts  # without an adversary (evaluation, inference): the VAE alone
 
 
 # --------------------------------------------------------------------------------------------------
@@ -324,13 +332,13 @@ def test_stage_end_to_end_writes_scale_template_metrics(synthetic_store, tmp_pat
     run = train("vae", synthetic_store, tmp_path / "run", "tiny",  # tiny, narrowed further for speed
                 sets=["model.channels=[4,4,8,8]", "model.norm_groups=4", "model.attention_heads=2",
                       "train.steps=2", "train.batch_size=1", "train.warmup_steps=1", "train.val_batches=1",
-                      f"stage.template={mode}", "stage.eval_max_items=1", "stage.eval_batch_size=4"])
+                      f"stage.template={mode}", "eval.max_items=1", "eval.batch_size=4"])
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("psnr_db", "ssim", "latent_scale", "template_psnr_db"):
         assert math.isfinite(metrics[key]["value"]) and metrics[key]["definition"]
     assert -1 <= metrics["ssim"]["value"] <= 1
 
-    model = load_vae(run)
+    model = load_model(run, "vae")
     assert not model.training
     assert model.latent_scale.item() == pytest.approx(metrics["latent_scale"]["value"], rel=1e-6)
     with safe_open(str(run / "template.safetensors"), "pt") as fh:
@@ -354,7 +362,7 @@ def test_resume_continues_the_gan_discriminator(synthetic_store, tmp_path):
 
     sets = ["model.channels=[4,4,8,8]", "model.norm_groups=4", "model.attention_heads=2", "model.gan_weight=0.5",
             "model.gan_start=0", "model.disc_channels=4", "model.disc_lr=0.1", "train.steps=4", "train.batch_size=1",
-            "train.warmup_steps=1", "train.val_every=0", "train.ckpt_every=2", "stage.eval_max_items=1"]
+            "train.warmup_steps=1", "train.val_every=0", "train.ckpt_every=2", "eval.max_items=1"]
     whole = train("vae", synthetic_store, tmp_path / "whole", "tiny", sets=sets)
     train("vae", synthetic_store, tmp_path / "resumed", "tiny", sets=[*sets, "train.stop_at_step=2"])
     resumed = train("vae", synthetic_store, tmp_path / "resumed", "tiny", sets=sets, resume="latest")

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ecgflowcmr.atomic import atomic_dir, atomic_file, write_text_atomic
+from ecgflowcmr.canonical import SPACING_MM
 from ecgflowcmr.config import from_dict
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
@@ -36,6 +37,7 @@ from ecgflowcmr.version import __version__
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+TEMPLATE_FILE = "template.safetensors"
 BUNDLE_FORMAT = "ecgflowcmr-bundle"
 BUNDLE_VERSION = 1
 STAGE_FOLDERS = ("pamae", "vae", "flow")
@@ -109,7 +111,7 @@ def _some(keys: list[str], limit: int = 8) -> str:
 
 def read_template(vae: Path) -> Tensor:
     """The VAE stage's anatomical template (C, 50, H', W') in scaled latent units."""
-    path = Path(vae) / "template.safetensors"
+    path = Path(vae) / TEMPLATE_FILE
     if not path.exists():
         raise InputError(path, "template not found (the VAE stage's finalize writes it)")
     tensors = load_file(str(path))
@@ -118,31 +120,23 @@ def read_template(vae: Path) -> Tensor:
     return tensors["template"].float()
 
 
-def load_pamae(run_dir: Path, device: str | torch.device = "cpu") -> PAMAE:
-    """The trained PA-MAE of a run folder (``config.json`` + ``model.safetensors``), in eval mode."""
-    raw = read_config(run_dir)
+NETWORKS: dict[str, tuple[type[nn.Module], type]] = {
+    "pamae": (PAMAE, PAMAEConfig),
+    "vae": (VideoVAE, VAEConfig),  # its weights hold the latent scale
+    "flow": (FlowMatching, FlowConfig),  # its weights hold the template; its config α and sampling defaults
+}
+"""The network class and config dataclass of each stage's exported weights."""
+
+
+def load_model(folder: str | Path, stage: str, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained network of ``stage`` (pamae, vae, flow) from a run folder or a bundle part
+    (``config.json`` + ``model.safetensors``), in eval mode."""
+    model_class, config_class = NETWORKS[stage]
+    raw = read_config(folder)
     if isinstance(raw.get("model"), dict):  # a full run config rather than the model's
         raw = raw["model"]
-    model = PAMAE(from_dict(PAMAEConfig, raw, prefix="model."))
-    load_weights(model, run_dir)
-    return model.to(device).eval()
-
-
-def load_vae(run_dir: Path, device: str | torch.device = "cpu") -> VideoVAE:
-    """The trained VAE of a run folder (``config.json`` + ``model.safetensors``, with its latent scale), eval mode."""
-    raw = read_config(run_dir)
-    if isinstance(raw.get("model"), dict):  # a full run config rather than the model's
-        raw = raw["model"]
-    model = VideoVAE(from_dict(VAEConfig, raw, prefix="model."))
-    load_weights(model, run_dir)
-    return model.to(device).eval()
-
-
-def load_flow(run_dir: Path, device: str | torch.device = "cpu") -> FlowMatching:
-    """The trained flow (DiT, template, α, sampling defaults) from run_dir, in eval mode."""
-    config = from_dict(FlowConfig, read_config(run_dir), prefix="model.")
-    model = FlowMatching(config)
-    load_weights(model, run_dir)
+    model = model_class(from_dict(config_class, raw, prefix="model."))
+    load_weights(model, folder)
     return model.to(device).eval()
 
 
@@ -159,13 +153,13 @@ def write_bundle(out: str | Path, *, pamae_run: Path, vae_run: Path, flow_run: P
         for name, run in (("pamae", pamae_run), ("vae", vae_run), ("flow", flow_run)):
             run = Path(run)
             (tmp / name).mkdir()
-            for fname in ("model.safetensors", "config.json"):
+            for fname in (WEIGHTS_FILE, CONFIG_FILE):
                 if not (run / fname).exists():
                     raise InputError(run, f"is not a trained {name} run: {fname} missing")
                 shutil.copy2(run / fname, tmp / name / fname)
-        if not (Path(vae_run) / "template.safetensors").exists():
-            raise InputError(vae_run, "has no template.safetensors (the VAE stage writes it after training)")
-        shutil.copy2(Path(vae_run) / "template.safetensors", tmp / "template.safetensors")
+        if not (Path(vae_run) / TEMPLATE_FILE).exists():
+            raise InputError(vae_run, f"has no {TEMPLATE_FILE} (the VAE stage writes it after training)")
+        shutil.copy2(Path(vae_run) / TEMPLATE_FILE, tmp / TEMPLATE_FILE)
         meta = {
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
@@ -179,7 +173,7 @@ def write_bundle(out: str | Path, *, pamae_run: Path, vae_run: Path, flow_run: P
                         "96×96, per-sample percentile normalisation to [-1, 1]",
             },
             "sampling": sampling,
-            "geometry": geometry or {"spacing_mm": [2.0, 2.0]},
+            "geometry": geometry or {"spacing_mm": [SPACING_MM, SPACING_MM]},
         }
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
     return out
@@ -191,7 +185,7 @@ def bundle_geometry(store: Path) -> dict[str, Any]:
 
     rows = StoreDataset(store, "train", fields=()).rows
     spacings = [[float(v) for v in r["cine_spacing_mm"].split()] for r in rows if r.get("cine_spacing_mm")]
-    spacing = np.median(np.array(spacings), axis=0).tolist() if spacings else [1.8, 1.8]
+    spacing = np.median(np.array(spacings), axis=0).tolist() if spacings else [SPACING_MM, SPACING_MM]
     return {"spacing_mm": spacing,
             "frame_interval": "R-R interval of the input ECG / 50 (median R-R over the record)",
             "definition": "median canonical (row, column) spacing of the training cines, mm"}
@@ -206,11 +200,29 @@ def find_bundle(path: str | Path) -> Path:
     raise InputError(path, "not a bundle: no bundle.json (train the flow stage, which writes RUN/bundle/)")
 
 
+def read_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[Path, dict[str, Any], dict[str, nn.Module]]:
+    """(bundle folder, bundle.json, {"pamae", "vae", "flow": network in eval mode}) of a bundle or of a flow run
+    folder holding ``bundle/``; checks that every part is there and that the parts fit each other."""
+    bundle = find_bundle(path)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    if meta.get("format") != BUNDLE_FORMAT or meta.get("version") != BUNDLE_VERSION:
+        raise InputError(bundle / "bundle.json", f"not a version-{BUNDLE_VERSION} {BUNDLE_FORMAT}")
+    for name in STAGE_FOLDERS:
+        for fname in (WEIGHTS_FILE, CONFIG_FILE):
+            if not (bundle / name / fname).exists():
+                raise InputError(bundle, f"partial bundle: {name}/{fname} missing")
+    if not (bundle / TEMPLATE_FILE).exists():
+        raise InputError(bundle, f"partial bundle: {TEMPLATE_FILE} missing")
+    nets = {name: load_model(bundle / name, name, device) for name in STAGE_FOLDERS}
+    check_compatible(bundle, nets["pamae"], nets["vae"], nets["flow"])
+    return bundle, meta, nets
+
+
 def check_compatible(bundle: Path, pamae: torch.nn.Module, vae: torch.nn.Module, flow: torch.nn.Module) -> None:
     """The three networks must agree on the ECG token width and the latent shape."""
     from safetensors.torch import load_file
 
-    template = load_file(str(bundle / "template.safetensors"))["template"]
+    template = load_file(str(bundle / TEMPLATE_FILE))["template"]
     flow_template = getattr(flow, "template", None)
     if flow_template is not None and tuple(flow_template.shape) != tuple(template.shape):
         raise InputError(bundle, f"mismatched bundle: template {tuple(template.shape)} vs flow's "

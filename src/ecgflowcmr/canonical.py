@@ -20,3 +20,19 @@ N_FRAMES: int = 50
 SIZE: int = 96
 """Cine rows and columns."""
 
+SPACING_MM: float = 1.8
+"""In-plane pixel spacing (mm) of a canonical cine cropped at the default field of view (UK Biobank's
+spacing; ``io.cmr.FOV_MM`` = ``SIZE`` × this)."""
+
+TOKEN_STRIDE: int = 8
+"""ECG samples per PA-MAE token (the paper's 8× temporal downsampling)."""
+N_TOKENS: int = N_SAMPLES // TOKEN_STRIDE
+"""Tokens of a canonical ECG (625)."""
+
+
+def token_centre(k, stride: int = TOKEN_STRIDE):
+    """Sample index of the centre of token ``k`` (int, float or array): ``stride·k + stride // 2``.
+
+    Token k covers samples ``stride·k … stride·k + stride − 1``; its phase label is read at its centre.
+    """
+    return k * stride + stride // 2

@@ -106,15 +106,9 @@ def _cmd_turing(args: argparse.Namespace) -> None:
         print("wrote " + ", ".join(str(f) for f in files))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ecgflowcmr",
-        description="Turn 12-lead ECGs into cine cardiac MRI (ECGFlowCMR), with a paired ECG-CMR phantom.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_phantom(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("phantom", help="simulate a paired ECG-cine cohort (WFDB + NIfTI + manifest.csv)",
-                       description="Simulate a paired ECG-cine CMR cohort (DESIGN.md §6). Writes WFDB ECGs, "
+                       description="Simulate a paired ECG-cine CMR cohort (docs/decisions.md). Writes WFDB ECGs, "
                        "NIfTI cines and label masks, and manifest.csv. Same seed, same bytes.")
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument("--n", type=int, required=True, help="number of subjects")
@@ -123,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     p.set_defaults(func=_cmd_phantom)
 
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="describe an ECG or cine file and its quality flags",
                        description="Read an ECG or cine file in any supported format and describe it: "
                        "format, leads, rate, duration, heart rate, R-peaks and quality flags for an ECG; "
@@ -132,14 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON (keys documented in the README)")
     p.set_defaults(func=_cmd_inspect)
 
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="preprocess a manifest into a memory-mapped training store",
                        description="Read every file a manifest names, canonicalise it, and write the "
                        "fixed-shape training store. Resumable; bad items go to skipped.csv.")
-    p.add_argument("--manifest", type=Path, required=True, help="manifest.csv (DESIGN.md §4)")
+    p.add_argument("--manifest", type=Path, required=True, help="manifest.csv (docs/formats.md)")
     p.add_argument("--out", type=Path, required=True, help="store folder (visible only when complete)")
     p.add_argument("--workers", type=int, default=1, help="parallel reader processes (default 1)")
     p.set_defaults(func=_cmd_prepare)
 
+
+def _add_show(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("show", help="render cines (MP4/GIF, ECG beneath) or an ECG (PNG)",
                        description="Render one or more cines side by side as MP4 or GIF, with the 12-lead "
                        "ECG beneath and a cursor at the frame time; a single ECG renders as PNG.")
@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=str, nargs="*", default=None, help="a title per cine")
     p.set_defaults(func=_cmd_show)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a stage: pamae, vae or flow",
                        description="Train one stage with the shared engine (CPU, GPU or torchrun DDP).")
     stages = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -169,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--vae", type=Path, required=True, help="trained VAE run folder")
         s.set_defaults(func=_cmd_train)
 
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate cine CMR from ECG file(s) with a trained bundle",
                        description="Generate cines from one ECG file or a manifest of ECGs. Resumable, "
                        "sharded outputs, failed items in failed.csv; under torchrun each rank takes a share.")
@@ -183,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=("euler", "heun"), default=None, help="ODE solver")
     p.set_defaults(func=_cmd_generate)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on the phantom at tiny size (make demo)",
                        description="phantom → prepare → train PA-MAE, VAE, flow (tiny) → generate the test "
                        "split → report.html and metrics.json.")
@@ -191,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a much shorter run (for tests)")
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_turing(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("turing", help="a Turing test: raters tell real from generated cines in a browser",
                        description="Create a blinded study of real and generated cines, serve it to raters "
                        "in their browser, and score their answers (docs/turing.md).")
@@ -225,6 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("study", type=Path, help="study folder")
     s.add_argument("--out", type=Path, default=None, help="output folder (default STUDY/score)")
     s.set_defaults(func=_cmd_turing)
+
+
+SUBCOMMANDS = (_add_phantom, _add_inspect, _add_prepare, _add_show, _add_train, _add_generate, _add_demo,
+               _add_turing)
+"""One function per subcommand, in the order ``--help`` lists them."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ecgflowcmr",
+        description="Turn 12-lead ECGs into cine cardiac MRI (ECGFlowCMR), with a paired ECG-CMR phantom.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 

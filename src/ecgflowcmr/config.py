@@ -22,6 +22,13 @@ from ecgflowcmr.errors import ConfigError
 T = TypeVar("T")
 
 PRESET_DIR = Path(__file__).parent / "configs"
+RENAMED: dict[str, str] = {
+    "stage.eval_items": "eval.max_items",
+    "stage.eval_max_items": "eval.max_items",
+    "stage.eval_batch_size": "eval.batch_size",
+    "stage.eval_seed": "eval.seed",
+}
+"""Keys of earlier versions → their name now: an old key fails with the new name (no silent mapping)."""
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -94,6 +101,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    for key in unknown:
+        if f"{prefix}{key}" in RENAMED:
+            raise ConfigError(f"{prefix}{key}", f"renamed: use {RENAMED[f'{prefix}{key}']}")
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}", f"unknown key (known: {', '.join(sorted(fields))})")
     kwargs = {}

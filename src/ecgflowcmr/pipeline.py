@@ -1,17 +1,11 @@
 """The public inference API: ``load_pipeline(bundle)`` → ``.generate(ecg)`` and ``.ecg_phase(ecg)``.
 
-A bundle (DESIGN.md §4) is a folder::
-
-    bundle.json                 format, versions, preprocessing, sampling defaults, output geometry
-    pamae/  vae/  flow/         each model.safetensors + config.json
-    template.safetensors        the anatomical template (C, 50, 12, 12), scaled latent units
-
-Loading never unpickles; every weight key is checked; a partial or mismatched bundle fails with one line.
+The bundle it loads (a trained model folder) is read by ``bundle.read_bundle``; its layout is described
+there and in ``docs/formats.md``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecgflowcmr.bundle import (
-    BUNDLE_FORMAT,
-    BUNDLE_VERSION,
-    STAGE_FOLDERS,
-    check_compatible,
-    find_bundle,
-    load_flow,
-    load_pamae,
-    load_vae,
-)
+from ecgflowcmr.bundle import read_bundle
+from ecgflowcmr.canonical import LEADS, N_FRAMES, N_SAMPLES, SIZE, SPACING_MM, token_centre
 from ecgflowcmr.errors import InputError
 
 
@@ -55,53 +41,69 @@ class Pipeline:
         self.pamae, self.vae, self.flow = pamae, vae, flow
         self.meta = meta
         self.device = device
-        self.sampling = dict(meta.get("sampling", {}))
+        config = flow.config  # the trained flow's sampling defaults, unless bundle.json overrides them
+        self.sampling = {"steps": config.sample_steps, "method": config.sample_method,
+                         "guidance": config.sample_guidance} | dict(meta.get("sampling", {}))
         self.timings = Timings()
 
+    @property
+    def spacing_mm(self) -> tuple[float, float]:
+        """(row, column) pixel spacing of generated cines: the bundle's output geometry."""
+        row, col = self.meta.get("geometry", {}).get("spacing_mm", [SPACING_MM, SPACING_MM])
+        return float(row), float(col)
+
     # ---- inputs ------------------------------------------------------------------------------
-    def _ecg_batch(self, ecg: Any) -> tuple[torch.Tensor, bool]:
-        """Path, canonical ECG, array (12, 5000) or (B, 12, 5000) → float32 tensor (B, 12, 5000)."""
+    def _ecg_batch(self, ecg: Any) -> tuple[torch.Tensor, list[np.ndarray] | None, bool]:
+        """Path, canonical ECG, array (12, 5000) or (B, 12, 5000) → (float32 tensor (B, 12, 5000), the
+        R-peaks ``read_ecg`` carried (None for arrays), single item?)."""
         from ecgflowcmr.io.ecg import CanonicalECG, read_ecg
 
         start = time.perf_counter()
-        single = True
         if isinstance(ecg, str | Path):
-            array = read_ecg(ecg).signal[None]
-        elif isinstance(ecg, CanonicalECG):
-            array = ecg.signal[None]
-        else:
-            array = np.asarray(ecg.detach().cpu() if isinstance(ecg, torch.Tensor) else ecg, dtype=np.float32)
-            if array.ndim == 3:
-                single = False
-            elif array.ndim == 2:
-                array = array[None]
-            if array.shape[1:] != (12, 5000):
-                raise InputError("ecg", f"expected a canonical ECG (12, 5000) or a batch (B, 12, 5000), got {array.shape}")
+            ecg = read_ecg(ecg)
+        if isinstance(ecg, CanonicalECG):
+            self.timings.read += time.perf_counter() - start
+            return torch.as_tensor(ecg.signal[None], dtype=torch.float32, device=self.device), [ecg.rpeaks], True
+        array = np.asarray(ecg.detach().cpu() if isinstance(ecg, torch.Tensor) else ecg, dtype=np.float32)
+        single = array.ndim == 2
+        if single:
+            array = array[None]
+        if array.shape[1:] != (len(LEADS), N_SAMPLES):
+            raise InputError("ecg", f"expected a canonical ECG (12, 5000) or a batch (B, 12, 5000), got {array.shape}")
         self.timings.read += time.perf_counter() - start
-        return torch.as_tensor(array, dtype=torch.float32, device=self.device), single
+        return torch.as_tensor(array, dtype=torch.float32, device=self.device), None, single
 
     # ---- public API --------------------------------------------------------------------------
     @torch.no_grad()
     def encode_ecg(self, ecg: Any):
         """PA-MAE aligned condition: ``AlignedECG`` with tokens (B, 50, D), phase, source, valid."""
-        x, _ = self._ecg_batch(ecg)
+        x, rpeaks, _ = self._ecg_batch(ecg)
+        return self._encode(x, rpeaks)
+
+    def _encode(self, x: torch.Tensor, rpeaks: list[np.ndarray] | None):
+        """(B, 12, 5000) → ``AlignedECG``; R-peaks for the PA-MAE's fallback are found here (once) when the
+        ECGs came as arrays, as ``read_ecg`` finds them."""
+        from ecgflowcmr.signal.phase import find_rpeaks
+
         start = time.perf_counter()
-        aligned = self.pamae.encode_aligned(x)
+        if rpeaks is None:
+            rpeaks = [find_rpeaks(signal) for signal in x.cpu().numpy()]
+        aligned = self.pamae.encode_aligned(x, rpeaks)
         self.timings.encode_ecg += time.perf_counter() - start
         return aligned
 
     @torch.no_grad()
     def ecg_phase(self, ecg: Any) -> np.ndarray:
         """Predicted cardiac phase per ECG sample, radians in [0, 2π): (5000,) or (B, 5000)."""
-        x, single = self._ecg_batch(ecg)
-        aligned = self.pamae.encode_aligned(x)
+        x, _, single = self._ecg_batch(ecg)
+        aligned = self.pamae.encode_aligned(x)  # its phase does not depend on R-peaks
         token_phase = aligned.phase.float()  # (B, 625)
-        # unwrap, upsample 8× to samples by linear interpolation, wrap back
-        unwrapped = torch.from_numpy(np.unwrap(token_phase.cpu().numpy(), axis=-1))
-        n_tokens = unwrapped.shape[-1]
-        centres = torch.arange(n_tokens, dtype=torch.float32) * 8 + 4  # the label sample of token k
-        samples = torch.arange(5000, dtype=torch.float32)
-        phase = np.stack([np.interp(samples.numpy(), centres.numpy(), u.numpy()) for u in unwrapped])
+        # unwrap, upsample to samples by linear interpolation between token centres, wrap back
+        unwrapped = np.unwrap(token_phase.cpu().numpy(), axis=-1)
+        config = self.pamae.config
+        centres = token_centre(np.arange(unwrapped.shape[-1], dtype=np.float32), config.patch)
+        samples = np.arange(config.samples, dtype=np.float32)
+        phase = np.stack([np.interp(samples, centres, u) for u in unwrapped])
         phase = np.mod(phase, 2 * np.pi).astype(np.float32)
         return phase[0] if single else phase
 
@@ -113,8 +115,9 @@ class Pipeline:
         ``ecg``: a file path (any supported format), a ``CanonicalECG``, or an array (12, 5000) /
         (B, 12, 5000) in mV. Raises InputError when an ECG yields no usable cardiac cycle.
         """
-        x, single = self._ecg_batch(ecg)
-        frames, valid = self.generate_batch(x, steps=steps, seed=seed, guidance=guidance, method=method)
+        x, rpeaks, single = self._ecg_batch(ecg)
+        frames, valid = self.generate_batch(x, steps=steps, seed=seed, guidance=guidance, method=method,
+                                            rpeaks=rpeaks)
         if not valid.all():
             bad = np.flatnonzero(~valid).tolist()
             raise InputError("ecg", f"no usable cardiac cycle in item(s) {bad} (NaN, flat or no R-peaks)")
@@ -122,25 +125,27 @@ class Pipeline:
 
     @torch.no_grad()
     def generate_batch(self, x: torch.Tensor, steps: int | None = None, seed: int | list[int] = 0,
-                       guidance: float | None = None, method: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       guidance: float | None = None, method: str | None = None,
+                       rpeaks: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(B, 12, 5000) mV → (frames (B, 50, 96, 96) in [0, 1], valid (B,) bool); invalid items are NaN.
 
         ``seed``: one seed for the batch, or one per item (then an item's cine does not depend on which
-        other items share its batch: what a resumable job over a manifest needs).
+        other items share its batch: what a resumable job over a manifest needs). ``rpeaks``: each item's
+        R-peaks as ``read_ecg`` carried them (``CanonicalECG.rpeaks``); None: found here.
         """
         from ecgflowcmr.flow.sampler import sample
 
         x = x.to(self.device, torch.float32)
-        aligned = self.encode_ecg(x)
+        aligned = self._encode(x, rpeaks)
         valid = aligned.valid.bool().cpu().numpy()
-        frames = np.full((x.shape[0], 50, 96, 96), np.nan, dtype=np.float32)
+        frames = np.full((x.shape[0], N_FRAMES, SIZE, SIZE), np.nan, dtype=np.float32)
         if not valid.any():
             return frames, valid
         keep = torch.from_numpy(np.flatnonzero(valid)).to(self.device)
         cond = aligned.tokens.index_select(0, keep)
-        steps = int(steps or self.sampling.get("steps", 10))
-        method = method or self.sampling.get("method", "euler")
-        guidance = self.sampling.get("guidance") if guidance is None else guidance
+        steps = int(steps or self.sampling["steps"])
+        method = method or self.sampling["method"]
+        guidance = self.sampling["guidance"] if guidance is None else guidance
         if isinstance(seed, int):
             generator = torch.Generator(device=self.device).manual_seed(seed)
             z0 = self.flow.initial_state(cond.shape[0], generator)
@@ -160,21 +165,8 @@ class Pipeline:
 
 def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
     """Load a bundle (or a flow run folder holding ``bundle/``); checks that every part is there and fits."""
-    bundle = find_bundle(path)
-    meta = json.loads((bundle / "bundle.json").read_text())
-    if meta.get("format") != BUNDLE_FORMAT or meta.get("version") != BUNDLE_VERSION:
-        raise InputError(bundle / "bundle.json", f"not a version-{BUNDLE_VERSION} {BUNDLE_FORMAT}")
-    for name in STAGE_FOLDERS:
-        for fname in ("model.safetensors", "config.json"):
-            if not (bundle / name / fname).exists():
-                raise InputError(bundle, f"partial bundle: {name}/{fname} missing")
-    if not (bundle / "template.safetensors").exists():
-        raise InputError(bundle, "partial bundle: template.safetensors missing")
     device = torch.device(device)
-    pamae = load_pamae(bundle / "pamae", device=device)
-    vae = load_vae(bundle / "vae", device=device)
-    flow = load_flow(bundle / "flow", device=device)
-    check_compatible(bundle, pamae, vae, flow)
-    return Pipeline(bundle, pamae, vae, flow, meta, device)
+    bundle, meta, nets = read_bundle(path, device)
+    return Pipeline(bundle, nets["pamae"], nets["vae"], nets["flow"], meta, device)
 
 

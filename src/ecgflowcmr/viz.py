@@ -65,23 +65,25 @@ def show(files: list[Path], out: Path, ecg: Path | None = None, fps: float = 25.
     from ecgflowcmr.io.cmr import read_cine
 
     cines = [read_cine(p).frames01 for p in cine_paths]
-    signal = None
+    signal = rpeaks = None
     if ecg_paths:
         from ecgflowcmr.io.ecg import read_ecg
 
-        signal = read_ecg(ecg_paths[0]).signal
+        record = read_ecg(ecg_paths[0])
+        signal, rpeaks = record.signal, record.rpeaks
     titles = labels if labels is not None else _default_titles(cine_paths)
-    return render_cine_video(cines, out, ecg_signal=signal, titles=titles, fps=fps)
+    return render_cine_video(cines, out, ecg_signal=signal, titles=titles, fps=fps, rpeaks=rpeaks)
 
 
 def render_cine_video(cines: list[np.ndarray], out: Path, ecg_signal: np.ndarray | None = None,
                       titles: list[str] | None = None, fps: float = 25.0,
-                      cycle: tuple[int, int] | None = None) -> Path:
+                      cycle: tuple[int, int] | None = None, rpeaks: np.ndarray | None = None) -> Path:
     """Cines side by side, optionally the ECG beneath with a cursor at each frame's time; written atomically.
 
     ``cines``: each (T_i, H, W) float in [0, 1] (frame t of the longest shows frame t·T_i/T of each).
     ``ecg_signal``: (12, N) mV at 500 Hz in ``LEADS`` order. ``cycle``: (R, R_next) sample indices of the
-    R-R interval the cine spans; default: detected, the one nearest the record's middle. ``out``: .mp4,
+    R-R interval the cine spans; default: the one nearest the record's middle between ``rpeaks`` (the ECG's
+    R-peaks as ``read_ecg`` carries them; found with ``signal.phase.find_rpeaks`` when not given). ``out``: .mp4,
     .gif or .png (frame 0 only). Returns ``out``.
     """
     out = Path(out)
@@ -95,7 +97,7 @@ def render_cine_video(cines: list[np.ndarray], out: Path, ecg_signal: np.ndarray
     if titles is not None and len(titles) != len(cines):
         raise ValueError(f"{len(titles)} titles for {len(cines)} cines")
     n_frames = max(c.shape[0] for c in cines)
-    layout = _layout(len(cines), titles, ecg_signal, cycle, n_frames)
+    layout = _layout(len(cines), titles, ecg_signal, cycle, n_frames, rpeaks)
     panels = [_panel_frames(c) for c in cines]
     n_out = 1 if out.suffix.lower() == ".png" else n_frames  # a still: frame 0 (ED) only
     frames = np.empty((n_out, *layout.background.shape), dtype=np.uint8)
@@ -203,7 +205,7 @@ class _Layout:
 
 
 def _layout(n_cines: int, titles: list[str] | None, signal: np.ndarray | None,
-            cycle: tuple[int, int] | None, n_frames: int) -> _Layout:
+            cycle: tuple[int, int] | None, n_frames: int, rpeaks: np.ndarray | None = None) -> _Layout:
     """Draw the static frame once: one matplotlib axes whose data coordinates are the frame's pixels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -231,7 +233,7 @@ def _layout(n_cines: int, titles: list[str] | None, signal: np.ndarray | None,
         signal = np.asarray(signal, dtype=np.float64)
         if signal.ndim != 2 or signal.shape[0] != 12:
             raise ValueError(f"ecg_signal must be (12, N) mV, got shape {signal.shape}")
-        r0, r1, note = _choose_cycle(signal, cycle)
+        r0, r1, note = _choose_cycle(signal, cycle, rpeaks)
         times = (r0 + np.arange(n_frames) / n_frames * (r1 - r0)) / FS  # s, frame t ↔ R + t/T of R-R
         captions = [f"frame {t + 1}/{n_frames}   t = {1000 * (times[t] - times[0]):.0f} ms after R   "
                     f"R-R {1000 * (r1 - r0) / FS:.0f} ms{note}" for t in range(n_frames)]
@@ -298,7 +300,8 @@ def _limits(x: np.ndarray) -> tuple[float, float]:
     return lo - 0.12 * span, hi + 0.12 * span
 
 
-def _choose_cycle(signal: np.ndarray, cycle: tuple[int, int] | None) -> tuple[int, int, str]:
+def _choose_cycle(signal: np.ndarray, cycle: tuple[int, int] | None,
+                  rpeaks: np.ndarray | None) -> tuple[int, int, str]:
     """(R, R_next) sample indices and a note for the caption."""
     n = signal.shape[1]
     if cycle is not None:
@@ -306,31 +309,17 @@ def _choose_cycle(signal: np.ndarray, cycle: tuple[int, int] | None) -> tuple[in
         if not 0 <= r0 < r1 <= n:
             raise ValueError(f"cycle {cycle} is not inside the record of {n} samples")
         return r0, r1, ""
-    peaks = _rpeaks(signal[LEADS.index("II")])
+    if rpeaks is None:
+        from ecgflowcmr.signal.phase import find_rpeaks
+
+        rpeaks = find_rpeaks(signal)
+    peaks = np.asarray(rpeaks, dtype=np.int64)
     if len(peaks) < 2:
         mid = n // 2
         return max(0, mid - FS // 2), min(n, mid + FS // 2), "   (no R-peaks found: a 1 s window)"
     pairs = list(itertools.pairwise(peaks))
     r0, r1 = min(pairs, key=lambda p: abs((p[0] + p[1]) / 2 - n / 2))
     return int(r0), int(r1), ""
-
-
-def _rpeaks(lead_ii: np.ndarray) -> np.ndarray:
-    """R-peaks by ``ecgflowcmr.signal.phase.detect_rpeaks`` when available, else a simple detector."""
-    try:
-        from ecgflowcmr.signal.phase import detect_rpeaks
-
-        return np.asarray(detect_rpeaks(lead_ii, FS), dtype=np.int64)
-    except Exception:  # the display must not fail for want of the detector: fall back below
-        pass
-    from scipy.signal import find_peaks
-
-    x = np.nan_to_num(np.asarray(lead_ii, dtype=np.float64))
-    x = x - np.convolve(x, np.ones(FS // 5) / (FS // 5), mode="same")  # remove baseline wander
-    if -x.min() > x.max():
-        x = -x
-    peaks, _ = find_peaks(x, height=0.5 * np.percentile(x, 99.5), distance=int(0.3 * FS))
-    return peaks.astype(np.int64)
 
 
 # --------------------------------------------------------------------------- frames and files

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ecgflowcmr.atomic import atomic_file
+from ecgflowcmr.canonical import FS, N_FRAMES
 from ecgflowcmr.errors import InputError
 
 FORMATS = ("nii", "mp4", "gif", "npy")
@@ -49,6 +50,13 @@ def item_seed(seed: int, subject_id: str) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+def frame_interval_s(rpeaks: np.ndarray) -> float:
+    """Time between frames of a cine generated for an ECG: its median R-R interval / ``N_FRAMES`` (1 s when
+    fewer than two R-peaks)."""
+    rr = float(np.median(np.diff(rpeaks))) / FS if len(rpeaks) >= 2 else 1.0
+    return rr / N_FRAMES
+
+
 def shard_of(subject_id: str) -> str:
     return hashlib.sha1(subject_id.encode()).hexdigest()[:3]
 
@@ -72,19 +80,20 @@ def _items(ecg: Path, out: Path) -> list[tuple[str, Path, Path]]:
     return [(stem, ecg, out / stem)]
 
 
-def _write_outputs(stem: Path, frames01: np.ndarray, formats: list[str], spacing_xy_mm: tuple[float, float],
+def _write_outputs(stem: Path, frames01: np.ndarray, formats: list[str], spacing_mm: tuple[float, float],
                    frame_interval_s: float, fps: float) -> None:
-    from ecgflowcmr.io.cmr import write_nifti_cine
+    """Write one generated cine (50, 96, 96) in [0, 1] in each format; ``spacing_mm`` is (row, column)."""
+    from ecgflowcmr.io.cmr import write_cine
     from ecgflowcmr.viz import write_video
 
     stem.parent.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         target = stem.with_name(stem.name + SUFFIX[fmt])
+        if fmt == "nii":  # the canonical writer: read_cine(target).frames01 is frames01, bit for bit
+            write_cine(target, frames01, spacing_mm=spacing_mm, frame_interval_s=frame_interval_s)
+            continue
         with atomic_file(target) as tmp:
-            if fmt == "nii":
-                write_nifti_cine(tmp, frames01.astype(np.float32), spacing_mm=spacing_xy_mm,
-                                 frame_interval_s=frame_interval_s)
-            elif fmt == "npy":
+            if fmt == "npy":
                 with open(tmp, "wb") as fh:
                     np.save(fh, frames01.astype(np.float32))
             else:
@@ -99,7 +108,6 @@ def generate(model: str | Path, ecg: str | Path, out: str | Path, *, formats: li
 
     from ecgflowcmr.io.ecg import read_ecg
     from ecgflowcmr.pipeline import load_pipeline
-    from ecgflowcmr.signal.phase import phase_labels
 
     formats = [f.strip() for f in (formats or ["nii"]) if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
@@ -115,7 +123,7 @@ def generate(model: str | Path, ecg: str | Path, out: str | Path, *, formats: li
     start = time.perf_counter()
     items = _items(ecg, out)[rank::world]
     pipe = load_pipeline(model, device=device)
-    spacing = tuple(pipe.meta.get("geometry", {}).get("spacing_mm", [2.0, 2.0]))
+    spacing = pipe.spacing_mm
     out.mkdir(parents=True, exist_ok=True)
 
     def done(stem: Path) -> bool:
@@ -127,27 +135,25 @@ def generate(model: str | Path, ecg: str | Path, out: str | Path, *, formats: li
     bar = tqdm(total=len(todo), desc="generate", unit="video", disable=not _is_tty())
     for first in range(0, len(todo), batch_size):
         chunk = todo[first:first + batch_size]
-        signals, kept, intervals = [], [], []
+        ecgs, kept = [], []
         for sid, path, stem in chunk:
             try:
-                canonical = read_ecg(path)
-                _, rpeaks = phase_labels(canonical.signal)
-                rr = float(np.median(np.diff(rpeaks))) / 500.0 if len(rpeaks) >= 2 else 1.0
+                ecgs.append(read_ecg(path))
             except InputError as err:
                 failed.append((sid, str(path), str(err)))
                 continue
-            signals.append(canonical.signal)
             kept.append((sid, path, stem))
-            intervals.append(rr / 50.0)
-        if signals:
-            x = torch.from_numpy(np.stack(signals))
+        if ecgs:
+            x = torch.from_numpy(np.stack([e.signal for e in ecgs]))
+            intervals = [frame_interval_s(e.rpeaks) for e in ecgs]
             seeds = [item_seed(seed, sid) for sid, _, _ in kept]
-            frames, valid = pipe.generate_batch(x, steps=steps, seed=seeds, guidance=guidance, method=sampler)
+            frames, valid = pipe.generate_batch(x, steps=steps, seed=seeds, guidance=guidance, method=sampler,
+                                                rpeaks=[e.rpeaks for e in ecgs])
             for (sid, path, stem), video, ok, dt in zip(kept, frames, valid, intervals):
                 if not ok:
                     failed.append((sid, str(path), f"{path}: no usable cardiac cycle (NaN, flat or no R-peaks)"))
                     continue
-                _write_outputs(stem, video, formats, (spacing[1], spacing[0]), dt, fps=min(50.0, 1.0 / dt))
+                _write_outputs(stem, video, formats, spacing, dt, fps=min(50.0, 1.0 / dt))
                 generated += 1
         bar.update(len(chunk))
     bar.close()

@@ -201,12 +201,14 @@ def swap_partners(n: int) -> np.ndarray:
 
 
 def measure_conditioning(pipe: Any, ecgs: np.ndarray, seeds: list[int], real: np.ndarray,
-                         own: np.ndarray | None = None, batch_size: int = 8) -> dict[str, Any]:
+                         own: np.ndarray | None = None, batch_size: int = 8,
+                         rpeaks: list[np.ndarray] | None = None) -> dict[str, Any]:
     """Generate from swapped ECGs (and from the own ECGs unless ``own`` is given), then ``conditioning_metrics``.
 
     pipe: a ``Pipeline`` (``generate_batch(x, seed=[...])``); ecgs (N, 12, 5000) mV; seeds: the noise seed of
     each item (item i keeps its seed when it gets the ECG of ``swap_partners(N)[i]``); real (N, 50, 96, 96)
-    in [0, 1]; own: the cines already generated from the own ECGs with these seeds. Every ECG must align.
+    in [0, 1]; own: the cines already generated from the own ECGs with these seeds; rpeaks: each ECG's
+    R-peaks as ``read_ecg`` carried them (None: the pipeline finds them). Every ECG must align.
     """
     import torch
 
@@ -217,7 +219,9 @@ def measure_conditioning(pipe: Any, ecgs: np.ndarray, seeds: list[int], real: np
         parts = []
         for start in range(0, len(order), batch_size):
             idx = np.arange(start, min(start + batch_size, len(order)))
-            frames, valid = pipe.generate_batch(torch.from_numpy(ecgs[order[idx]]), seed=[seeds[i] for i in idx])
+            peaks = None if rpeaks is None else [rpeaks[j] for j in order[idx]]
+            frames, valid = pipe.generate_batch(torch.from_numpy(ecgs[order[idx]]), seed=[seeds[i] for i in idx],
+                                                rpeaks=peaks)
             if not valid.all():
                 raise ValueError(f"items {idx[~valid].tolist()}: no usable cardiac cycle in the ECG")
             parts.append(frames)

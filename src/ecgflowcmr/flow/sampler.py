@@ -50,12 +50,13 @@ def heun_step(v: Velocity, z: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def sample(flow: Any, cond: Tensor, steps: int = 4, method: str = "euler", guidance: float | None = None,
+def sample(flow: Any, cond: Tensor, *, steps: int, method: str = "euler", guidance: float | None = None,
            generator: torch.Generator | None = None, z0: Tensor | None = None) -> Tensor:
     """z1 (B, C, T, H', W') for ECG conditions ``cond`` (B, T, D_ecg).
 
     Starts from ``z0`` if given, else ``flow.initial_state`` (template + α·ε, Eq. 4) drawn from
-    ``generator``; ``steps`` uniform steps from t = 0 to 1 with ``method``; ``guidance`` None or w.
+    ``generator``; ``steps`` uniform steps from t = 0 to 1 with ``method``; ``guidance`` None or w. The
+    defaults a trained model uses (steps, method, guidance) are its ``FlowConfig.sample_*``, kept in its bundle.
     """
     if steps < 1:
         raise ConfigError("steps", f"must be ≥ 1, got {steps}")

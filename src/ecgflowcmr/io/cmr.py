@@ -1,10 +1,10 @@
 """Cine CMR: readers for every supported format → the canonical cine, writers, canonicalisation.
 
-Canonical cine (DESIGN.md §2): float32 (50, 96, 96) in [-1, 1]; frame 0 at the R-peak (end-diastole).
+Canonical cine (docs/architecture.md): float32 (50, 96, 96) in [-1, 1]; frame 0 at the R-peak (end-diastole).
 Arrays are (T, H, W) with H the image rows (top to bottom) and W the columns (left to right). In NIfTI,
 voxel (i, j, 0, t) holds frame t at row j, column i (``data[:, :, 0, t] = frames[t].T``).
 
-Sources (FORMATS.md "Cine CMR"): NIfTI X×Y×1×T (or X×Y×T with time units set), a DICOM series folder,
+Sources (docs/formats.md): NIfTI X×Y×1×T (or X×Y×T with time units set), a DICOM series folder,
 the UK Biobank zip (field 20208, series ``CINE_segmented_LAX_4Ch``) and ``.npy``/``.npz`` (T×H×W).
 Every source is taken to hold one R-R interval starting at the R-peak (ECG-triggered, end-diastole first).
 
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ecgflowcmr.canonical import N_FRAMES, SIZE
+from ecgflowcmr.canonical import N_FRAMES, SIZE, SPACING_MM
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.io.cmr_geometry import HEART_MARGIN_MM as HEART_MARGIN_MM
 from ecgflowcmr.io.cmr_geometry import (
@@ -101,10 +101,16 @@ class CanonicalCine:
     crop_box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     flags: list[str] = field(default_factory=list)
     """What was done (``resampled 30→50 frames``, ``filled missing frame 17 with frame 16``, ``crop: …``)."""
+    written01: np.ndarray | None = None
+    """For a file :func:`write_cine` wrote (float32, 50 × 96 × 96): its values exactly as stored, in [0, 1].
+    ``frames`` = 2·x − 1 cannot hold them exactly (float32 loses the low bits of x < 0.25 there)."""
 
     @property
     def frames01(self) -> np.ndarray:
-        """The frames for display or writing: float32 (50, 96, 96) in [0, 1]."""
+        """The frames for display or writing: float32 (50, 96, 96) in [0, 1]; for a cine ``write_cine``
+        wrote, the written array itself (bit for bit), so writing and reading back round-trips exactly."""
+        if self.written01 is not None:
+            return self.written01
         return (self.frames + 1.0) * 0.5
 
 
@@ -173,8 +179,10 @@ def write_cine(
     Geometry from ``like`` (the canonical cine of the input, so the output lies in the input's world
     space), else from ``spacing_mm`` (row, col; default 1.8 mm) and ``frame_interval_s`` (default a 1 s
     cycle) with a diagonal affine; explicit arguments win over ``like``. ``dtype``: ``"float32"``
-    (lossless, marked so that :func:`read_cine` returns it unchanged as 2·x − 1) or ``"uint8"``
-    (round(255·x)). Values are clipped to [0, 1]; NaN raises ValueError.
+    (lossless, marked so that :func:`read_cine` reads it back unchanged: ``frames01`` is the written
+    array bit for bit, ``frames`` = 2·x − 1) or ``"uint8"`` (round(255·x)). Values are clipped to [0, 1];
+    NaN raises ValueError. The canonical cine writer (``generate`` writes through it); :func:`write_nifti_cine`
+    is the NIfTI encoding beneath it, which the phantom also uses to write scanner-like sources.
     """
     from ecgflowcmr.atomic import atomic_file
 
@@ -194,7 +202,7 @@ def write_cine(
     else:
         raise ValueError(f"dtype must be 'float32' or 'uint8', got {dtype!r}")
     if spacing_mm is None:
-        spacing_mm = like.spacing_mm if like is not None else (DEFAULT_SPACING_MM, DEFAULT_SPACING_MM)
+        spacing_mm = like.spacing_mm if like is not None else (SPACING_MM, SPACING_MM)
     if frame_interval_s is None:
         frame_interval_s = like.frame_interval_s if like is not None else DEFAULT_CYCLE_S / frames01.shape[0]
     affine = None
@@ -251,7 +259,7 @@ def inspect_cine(path: str | Path) -> dict[str, Any]:
 def write_nifti_cine(
     path: str | Path,
     frames: np.ndarray,
-    spacing_mm: tuple[float, float] = (1.8, 1.8),
+    spacing_mm: tuple[float, float] = (SPACING_MM, SPACING_MM),
     frame_interval_s: float = 0.02,
     affine: np.ndarray | None = None,
     slice_thickness_mm: float = 8.0,
@@ -347,9 +355,12 @@ def _canonicalize(raw: _RawCine, path: Path, fmt: str, labels: np.ndarray | None
     if t != N_FRAMES:
         frames = _resample_time(frames)
         flags.append(f"resampled {t}→{N_FRAMES} frames")
+    written01 = None
     if raw.canonical:
         frames = np.clip(frames * 2.0 - 1.0, -1.0, 1.0)
         flags.append("ecgflowcmr cine: values read as written")
+        if t == N_FRAMES:
+            written01 = np.clip(raw.frames, 0.0, 1.0)
     else:
         frames = _normalize(frames, path)
     interval = raw.frame_interval_s
@@ -375,6 +386,7 @@ def _canonicalize(raw: _RawCine, path: Path, fmt: str, labels: np.ndarray | None
         source_affine=raw.affine,
         crop_box=box,
         flags=flags,
+        written01=written01,
     )
 
 

@@ -32,7 +32,7 @@ PLAUSIBLE_CYCLE_S: tuple[float, float] = (0.25, 3.0)
 """A frame interval × T outside this range is not a heart cycle (used to tell ms from s)."""
 UKB_4CH_SERIES: str = "CINE_segmented_LAX_4Ch"
 UKB_MIXED_LAX_SERIES: str = "CINE_segmented_LAX"
-"""A mixed long-axis series: 3×T images in the order 3Ch, 4Ch, 2Ch (FORMATS.md)."""
+"""A mixed long-axis series: 3×T images in the order 3Ch, 4Ch, 2Ch (docs/formats.md)."""
 CANONICAL_DESCRIP: str = "ecgflowcmr cine [0,1]"
 """NIfTI ``descrip`` of a cine written by :func:`write_cine`: values in [0, 1], read back as written."""
 _MAX_ZIP_BYTES = 2 << 30

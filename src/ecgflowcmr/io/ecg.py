@@ -3,7 +3,7 @@
 The per-format decoders (file → the record as written) live in ``ecg_decoders.py``; this module
 dispatches to them (``_decode``) and owns the canonical form and its rules.
 
-Canonical ECG (DESIGN.md §2): float32 (12, 5000) in mV at 500 Hz (10 s), leads in ``LEADS`` order.
+Canonical ECG (docs/architecture.md): float32 (12, 5000) in mV at 500 Hz (10 s), leads in ``LEADS`` order.
 
 Rules applied by :func:`read_ecg`, in this order (each change is written to ``CanonicalECG.flags``):
 
@@ -81,7 +81,8 @@ class CanonicalECG:
     valid_samples: int = N_SAMPLES
     """Samples ``signal[:, :valid_samples]`` come from the record; the rest is zero padding."""
     rpeaks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    """R-peaks on lead II as ``phase.phase_labels`` finds them; ``phase_from_rpeaks(rpeaks)`` reuses them."""
+    """R-peaks (``signal.phase.find_rpeaks`` on the real part), found once here and carried: the phase labels,
+    the PA-MAE's R-peak fallback, the frame interval of generated cines and ``show`` use them."""
     quality: dict[str, Any] = field(default_factory=dict)
     """:func:`ecg_quality` of the record's real (unpadded) part."""
 
@@ -151,9 +152,9 @@ def ecg_quality(signal: np.ndarray, fs: float = FS, rpeaks: np.ndarray | None = 
         flags.append(f"implausible amplitude {max_amp:.1f} mV > {MAX_AMPLITUDE_MV:g} mV (wrong units?)")
 
     if rpeaks is None:
-        from ecgflowcmr.signal.phase import detect_rpeaks
+        from ecgflowcmr.signal.phase import find_rpeaks
 
-        rpeaks = detect_rpeaks(x[LEADS.index("II")], fs, leads=x)
+        rpeaks = find_rpeaks(x, fs)
     rpeaks = np.asarray(rpeaks)
     heart_rate = float(60.0 * fs / np.median(np.diff(rpeaks))) if rpeaks.size >= 2 else None
     lo, hi = HEART_RATE_RANGE_BPM
@@ -263,7 +264,7 @@ def canonical_lead(name: str) -> str | None:
 
 
 def _canonicalise(d: _Decoded, path: Path) -> CanonicalECG:
-    from ecgflowcmr.signal.phase import detect_rpeaks
+    from ecgflowcmr.signal.phase import find_rpeaks
 
     flags = list(d.flags)
     if not (MIN_FS <= d.fs <= MAX_FS):
@@ -312,7 +313,7 @@ def _canonicalise(d: _Decoded, path: Path) -> CanonicalECG:
     signal = np.zeros((len(LEADS), N_SAMPLES), dtype=np.float32)
     signal[:, :valid] = x[:, :valid]
 
-    rpeaks = detect_rpeaks(signal[LEADS.index("II"), :valid], FS, leads=signal[:, :valid])
+    rpeaks = find_rpeaks(signal[:, :valid], FS)
     quality = ecg_quality(signal[:, :valid], FS, rpeaks=rpeaks)
     flags.extend(quality["flags"])
     return CanonicalECG(

@@ -1,4 +1,4 @@
-"""The cohort manifest (DESIGN.md §4): one CSV row per subject, paths relative to the manifest's folder.
+"""The cohort manifest (docs/formats.md): one CSV row per subject, paths relative to the manifest's folder.
 
 Required columns: ``subject_id``, ``split`` and ``ecg_path``; ``cmr_path`` and ``mask_path`` are optional
 (empty for the ECG-only cohort); any other column (phenotypes with units, labels) is carried along.

@@ -1,6 +1,6 @@
 """Cycle alignment ("ROI Align", paper §2.1): per-token ECG features → one cardiac cycle of 50 frames.
 
-From the predicted phase per token, complete cardiac cycles are cut at R-peaks (the 2π→0 wrap, DESIGN §5;
+From the predicted phase per token, complete cardiac cycles are cut at R-peaks (the 2π→0 wrap, docs/decisions.md;
 the public code's mid-RR cut at φ=π is ``cut="mid_rr"``), each cycle is resampled to ``frames`` tokens by
 linear interpolation on the token axis *at equal phase steps* (frame j ↔ phase 2πj/frames, so frame 0 is the
 R-peak = end-diastole = cine frame 0), and the cycles of one record are aggregated (median, mean or the
@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ecgflowcmr.canonical import N_FRAMES, TOKEN_STRIDE, token_centre
+
 TWO_PI = 2.0 * math.pi
 
 Cut = Literal["rpeak", "mid_rr"]
@@ -41,10 +43,10 @@ class CycleAlignment:
     found: Tensor
 
 
-def token_labels(phase: Tensor, stride: int = 8) -> Tensor:
+def token_labels(phase: Tensor, stride: int = TOKEN_STRIDE) -> Tensor:
     """Per-sample phase labels (B, S) → per-token labels (B, S // stride): the label at each token's centre
-    sample ``stride·k + stride/2`` (NaN stays NaN = unknown)."""
-    return phase[:, stride // 2 :: stride]
+    sample (``canonical.token_centre``; NaN stays NaN = unknown)."""
+    return phase[:, token_centre(0, stride) :: stride]
 
 
 def unwrap_phase(phase: Tensor) -> Tensor:
@@ -98,7 +100,7 @@ def cycle_boundaries(phase: Tensor, offset: float = 0.0) -> list[np.ndarray]:
     return out
 
 
-def align_unwrapped(tokens: Tensor, u: Tensor, *, frames: int = 50, offset: float = 0.0,
+def align_unwrapped(tokens: Tensor, u: Tensor, *, frames: int = N_FRAMES, offset: float = 0.0,
                     aggregate: Aggregate = "median", min_len: float = 18.0, max_len: float = 125.0,
                     max_drop: float = math.pi / 2) -> CycleAlignment:
     """Resample every complete cycle of ``tokens`` (B, L, D) to ``frames`` tokens at equal phase steps and
@@ -151,7 +153,7 @@ def align_unwrapped(tokens: Tensor, u: Tensor, *, frames: int = 50, offset: floa
     return CycleAlignment(tokens=out, frame_phase=frame_phase, cycles=cycles, found=found)
 
 
-def align_cycles(tokens: Tensor, phase: Tensor, *, frames: int = 50, cut: Cut = "rpeak",
+def align_cycles(tokens: Tensor, phase: Tensor, *, frames: int = N_FRAMES, cut: Cut = "rpeak",
                  aggregate: Aggregate = "median", min_len: float = 18.0, max_len: float = 125.0,
                  max_drop: float = math.pi / 2) -> CycleAlignment:
     """Align ``tokens`` (B, L, D) on the *wrapped* predicted phase ``phase`` (B, L) rad in [0, 2π)."""
@@ -160,10 +162,10 @@ def align_cycles(tokens: Tensor, phase: Tensor, *, frames: int = 50, cut: Cut = 
                            min_len=min_len, max_len=max_len, max_drop=max_drop)
 
 
-def unwrapped_phase_from_rpeaks(rpeaks: list[np.ndarray], length: int, stride: int = 8) -> Tensor:
+def unwrapped_phase_from_rpeaks(rpeaks: list[np.ndarray], length: int, stride: int = TOKEN_STRIDE) -> Tensor:
     """Unwrapped phase (B, L) at token centres from R-peak sample indices: 2πn at the n-th R-peak, linear in
     between and extrapolated with the nearest R-R interval at the ends. Fewer than 2 R-peaks → a NaN row."""
-    centres = np.arange(length) * stride + stride / 2
+    centres = token_centre(np.arange(length, dtype=np.float64), stride)
     out = np.full((len(rpeaks), length), np.nan)
     for b, peaks in enumerate(rpeaks):  # tiny per-record work (a dozen R-peaks), only for fallback records
         r = np.sort(np.asarray(peaks, dtype=np.float64))
@@ -177,7 +179,7 @@ def unwrapped_phase_from_rpeaks(rpeaks: list[np.ndarray], length: int, stride: i
     return torch.from_numpy(out)
 
 
-def fixed_window(tokens: Tensor, start: float, length: float, frames: int = 50) -> Tensor:
+def fixed_window(tokens: Tensor, start: float, length: float, frames: int = N_FRAMES) -> Tensor:
     """Resample the token span [start, start + length) (token units) of ``tokens`` (B, L, D) to ``frames``
     tokens, frame j at ``start + length·j/frames`` (the fallback window, and the "uniform" ablation)."""
     pos = start + length * torch.arange(frames, dtype=tokens.dtype) / frames

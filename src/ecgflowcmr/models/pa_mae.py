@@ -26,6 +26,7 @@ default is "conv"; "vit" stays one config field away for larger-data comparisons
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ecgflowcmr.canonical import FS, LEADS, N_FRAMES, N_SAMPLES, TOKEN_STRIDE
 from ecgflowcmr.errors import ConfigError
 from ecgflowcmr.models.align import (
     align_cycles,
@@ -64,12 +66,12 @@ class PAMAEConfig:
     decoder_width: int = 384
     decoder_depth: int = 4
     decoder_heads: int = 6
-    patch: int = 8
+    patch: int = TOKEN_STRIDE
     """Samples per token (paper: 8× temporal downsampling → 625 tokens)."""
-    leads: int = 12
-    samples: int = 5000
+    leads: int = len(LEADS)
+    samples: int = N_SAMPLES
     """Canonical ECG length (10 s at 500 Hz)."""
-    fs: float = 500.0
+    fs: float = float(FS)
     input_scale_mv: float = 1.0
     """Fixed input normalisation: the model sees ecg / input_scale_mv (ECG in mV is already O(1))."""
     mask_ratio: float = 0.5
@@ -80,7 +82,7 @@ class PAMAEConfig:
     """λ_rec in Eq. 3 (paper: 1; the public code uses 100)."""
     phase_weight: float = 1.0
     """λ_phase in Eq. 3 (paper: 1; the public code uses 10)."""
-    frames: int = 50
+    frames: int = N_FRAMES
     """Tokens per aligned cycle = cine frames."""
     align_cut: Literal["rpeak", "mid_rr", "uniform"] = "rpeak"
     """Cycle cut: at R-peaks (2π→0, ours), at φ=π (public code), or "uniform": the whole 10 s resampled to
@@ -132,8 +134,8 @@ class PAMAEConfig:
 @dataclass
 class AlignedECG:
     """``tokens`` (B, frames, D) float32, frame j ↔ cine frame j (frame 0 = R-peak); ``phase`` (B, 625)
-    predicted phase per token in rad [0, 2π); ``source`` (B,) int8: 0 predicted phase, 1 R-peaks detected on
-    lead II, 2 fixed window (also every ECG under the "uniform" ablation); ``valid`` (B,) bool: False for non-finite or flat-lead input (tokens are zeros
+    predicted phase per token in rad [0, 2π); ``source`` (B,) int8: 0 predicted phase, 1 the ECG's R-peaks,
+    2 fixed window (also every ECG under the "uniform" ablation); ``valid`` (B,) bool: False for non-finite or flat-lead input (tokens are zeros
     then, never NaN); ``cycles`` (B,) int64 cycles aggregated (0 for the fixed window)."""
 
     tokens: Tensor
@@ -310,9 +312,10 @@ class PAMAE(nn.Module):
         span = x.amax(dim=2) - x.amin(dim=2)  # (B, 12)
         return (finite & (span >= self.config.flat_lead_mv)).all(dim=1)
 
-    def encode_aligned(self, ecg: Tensor) -> AlignedECG:
+    def encode_aligned(self, ecg: Tensor, rpeaks: Sequence[np.ndarray] | None = None) -> AlignedECG:
         """ecg (B, 12, S) mV → :class:`AlignedECG`. Cycles from the predicted phase; where none is found,
-        from R-peaks detected on lead II; else a fixed window. Wrap in ``torch.no_grad()`` for inference."""
+        from the ECG's R-peaks (``rpeaks``: one int array of sample indices per item, as ``read_ecg`` found
+        them; None: no R-peak fallback); else a fixed window. Wrap in ``torch.no_grad()`` for inference."""
         cfg = self.config
         valid = self.input_valid(ecg)
         x = torch.where(valid[:, None, None], torch.nan_to_num(ecg, nan=0.0, posinf=0.0, neginf=0.0), 0.0)
@@ -332,8 +335,9 @@ class PAMAE(nn.Module):
             out, cycles = res.tokens, res.cycles
             source = torch.where(res.found, 0, 2)
             retry = (~res.found & valid).nonzero().flatten()
-            if len(retry):
-                u = self._rpeak_phase(x[retry, 1].detach().cpu().numpy()).to(tokens.device)
+            if len(retry) and rpeaks is not None:
+                peaks = [np.asarray(rpeaks[i]) for i in retry.tolist()]
+                u = unwrapped_phase_from_rpeaks(peaks, cfg.tokens, cfg.patch).float().to(tokens.device)
                 fb = align_unwrapped(tokens[retry], u, frames=cfg.frames, offset=offset,
                                      aggregate=cfg.align_aggregate, **bounds)
                 out[retry] = torch.where(fb.found[:, None, None], fb.tokens, out[retry])
@@ -343,10 +347,3 @@ class PAMAE(nn.Module):
         out = torch.where(valid[:, None, None], out, torch.zeros_like(out))
         phase = torch.where(valid[:, None], phase, torch.zeros_like(phase))
         return AlignedECG(tokens=out, phase=phase, source=source.to(torch.int8), valid=valid, cycles=cycles)
-
-    def _rpeak_phase(self, lead_ii: np.ndarray) -> Tensor:
-        """Unwrapped token phase (B, L) from R-peaks detected on lead II (B, S) mV (NaN rows: < 2 R-peaks)."""
-        from ecgflowcmr.signal.phase import detect_rpeaks
-
-        peaks = [np.asarray(detect_rpeaks(sig.astype(np.float64), fs=int(self.config.fs))) for sig in lead_ii]
-        return unwrapped_phase_from_rpeaks(peaks, self.config.tokens, self.config.patch).float()

@@ -2,7 +2,7 @@
 
 A KL-regularised autoencoder in the style of Rombach et al. (LDM, CVPR 2022), made 3-D: Conv3d ResNet
 blocks with GroupNorm, 2× spatial down/upsampling per level (time is kept), self-attention only at the
-latent scale. Differences from the public code (DESIGN.md §5):
+latent scale. Differences from the public code (docs/decisions.md):
 
 - time is padded **circularly**: a cine covers one R-R interval, so frame 49 is followed by frame 0;
   space is zero-padded.
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -72,11 +72,11 @@ class VAEConfig:
     gan_weight: float = 0.0
     """Weight of the hinge adversarial term from a 3-D PatchGAN (0: no discriminator)."""
     gan_start: int = 5000
-    """Training forward passes before the adversarial term and discriminator updates start."""
+    """Optimizer steps before the adversarial term and discriminator updates start."""
     disc_channels: int = 64
     """Width of the first discriminator layer."""
     disc_lr: float = 1e-4
-    """Learning rate of the discriminator's own Adam (it is stepped inside ``forward``)."""
+    """Learning rate of the discriminator's own Adam (the training loop steps it: ``training.adversary``)."""
 
     def __post_init__(self) -> None:
         self.channels, self.temporal_kernel = tuple(self.channels), tuple(self.temporal_kernel)
@@ -270,6 +270,14 @@ class PatchDiscriminator3d(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
+class Adversary(Protocol):
+    """A discriminator the training loop trains against the VAE (``training.adversary.Adversary``)."""
+
+    def generator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
+        """The generator's adversarial term for reconstructions ``fake`` of ``real``, a scalar."""
+        ...
+
+
 def kl_divergence(mean: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(μ, σ²) ‖ N(0, 1)) summed over all but the batch dim: ``½ Σ (μ² + σ² − 1 − log σ²)`` → (B,)."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
@@ -288,11 +296,6 @@ class VideoVAE(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.register_buffer("latent_scale", torch.tensor(1.0))
-        self._disc: tuple[PatchDiscriminator3d, torch.optim.Optimizer] | None = None  # outside the Module tree
-        self._train_calls = 0
-        if cfg.gan_weight > 0:
-            disc = PatchDiscriminator3d(cfg.in_channels, cfg.disc_channels)
-            self._disc = (disc, torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9)))
 
     # ---- the inference contract ------------------------------------------------------------------
 
@@ -317,13 +320,15 @@ class VideoVAE(nn.Module):
 
     # ---- training ----------------------------------------------------------------------------------
 
-    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor | float]]:
-        """batch["cine"] (B, 1, T, H, W) in [-1, 1] → (loss, parts). Samples z in training, uses the mean in eval."""
+    def forward(self, batch: dict[str, Tensor], adversary: Adversary | None = None
+                ) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """batch["cine"] (B, 1, T, H, W) in [-1, 1] → (loss, parts). Samples z in training, uses the mean in eval.
+        ``adversary``: the discriminator the training loop trains against this model (``gan_weight`` > 0)."""
         x = self.crop_frames(batch["cine"])  # (B, 1, T', H, W)
         mean, logvar = self.encode(x)  # (B, C, T', h, w) each
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if self.training else mean
         x_hat = self.decode(z)  # (B, 1, T', H, W)
-        return self.forward_loss(x, x_hat, mean, logvar)
+        return self.forward_loss(x, x_hat, mean, logvar, adversary)
 
     def crop_frames(self, x: Tensor) -> Tensor:
         """In training with ``train_frames`` > 0: a random circular window of that many frames; else x."""
@@ -334,7 +339,8 @@ class VideoVAE(nn.Module):
         index = (start + torch.arange(k, device=x.device)) % x.shape[2]
         return x.index_select(2, index)
 
-    def forward_loss(self, x: Tensor, x_hat: Tensor, mean: Tensor, logvar: Tensor) -> tuple[Tensor, dict]:
+    def forward_loss(self, x: Tensor, x_hat: Tensor, mean: Tensor, logvar: Tensor,
+                     adversary: Adversary | None = None) -> tuple[Tensor, dict]:
         """``|x − x̂|₁ (mean) + β·KL/N_pix [+ w_s·(1 − SSIM)] [+ w_g·(−D(x̂))]``.
 
         KL is summed over the latent of each video and divided by that video's pixel count N_pix: this is
@@ -349,52 +355,11 @@ class VideoVAE(nn.Module):
             structural = 1.0 - ssim((x_hat.flatten(1, 2) + 1) / 2, (x.flatten(1, 2) + 1) / 2).mean()
             loss = loss + cfg.ssim_weight * structural
             parts["one_minus_ssim"] = structural.detach()
-        if self._disc is not None:  # same part keys every step: zeros until the GAN starts, and in eval
-            parts["gen_adv"], parts["disc_loss"] = 0.0, 0.0
-            self._train_calls += int(self.training and torch.is_grad_enabled())
-            if self.training and torch.is_grad_enabled() and self._train_calls > cfg.gan_start:
-                adversarial, parts["disc_loss"] = self.adversarial_step(x, x_hat)
-                loss = loss + cfg.gan_weight * adversarial
-                parts["gen_adv"] = adversarial.detach()
+        if adversary is not None:  # same part keys every step: 0 until the GAN starts
+            adversarial = adversary.generator_loss(x, x_hat)
+            loss = loss + cfg.gan_weight * adversarial
+            parts["gen_adv"] = adversarial.detach()
         return loss, parts
-
-    def training_state(self) -> dict:
-        """What training keeps outside the parameters, for the engine's checkpoints: the forward-pass count
-        and, with the GAN option, the discriminator and its optimizer."""
-        state: dict = {"train_calls": self._train_calls}
-        if self._disc is not None:
-            state["disc"], state["disc_optimizer"] = self._disc[0].state_dict(), self._disc[1].state_dict()
-        return state
-
-    def load_training_state(self, state: dict) -> None:
-        """Inverse of ``training_state`` (a resumed run continues the discriminator, not a fresh one)."""
-        self._train_calls = int(state["train_calls"])
-        if self._disc is not None:
-            if "disc" not in state:
-                raise KeyError("the checkpoint has no discriminator state (gan_weight was 0 when it was written)")
-            self._disc[0].load_state_dict(state["disc"])
-            self._disc[1].load_state_dict(state["disc_optimizer"])
-
-    def adversarial_step(self, x: Tensor, x_hat: Tensor) -> tuple[Tensor, float]:
-        """One hinge-loss discriminator update (its own Adam), then the generator term ``−mean D(x̂)``.
-
-        The discriminator lives outside the Module tree, so the engine's optimizer, EMA and export never see
-        it; checkpoints carry it through ``training_state``. Under torch.distributed its gradients are
-        averaged over ranks here.
-        """
-        disc, opt = self._disc
-        disc.to(x.device).train()
-        d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(x_hat.detach())).mean()
-        opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for p in disc.parameters():
-                torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
-        opt.step()
-        disc.requires_grad_(False)  # the generator term must not leave gradients on D
-        adversarial = -disc(x_hat).mean()
-        disc.requires_grad_(True)
-        return adversarial, float(d_loss.detach())
 
 
 PRESETS: dict[str, VAEConfig] = {

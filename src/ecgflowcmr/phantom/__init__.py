@@ -1,4 +1,4 @@
-"""The paired ECG–CMR phantom (DESIGN.md §6): a seeded cohort of 12-lead ECGs and four-chamber cines.
+"""The paired ECG–CMR phantom (docs/decisions.md): a seeded cohort of 12-lead ECGs and four-chamber cines.
 
 ``make_cohort(out, n, seed)`` writes WFDB + NIfTI + manifest.csv; ``simulate_subject(index, seed, cfg)``
 returns one subject's arrays and phenotypes without writing anything.

@@ -2,7 +2,7 @@
 
 Normal values are drawn around the UK Biobank CMR reference ranges (Petersen et al., JCMR 2017;19:18:
 healthy Caucasians aged 45–74, bSSFP at 1.5 T), indexed to body surface area so that size follows body
-size, and shifted by disease (DESIGN.md §6):
+size, and shifted by disease (docs/decisions.md):
 
 - HCM: thick (asymmetric septal) walls, small cavity, high EF, big LA, high QRS voltage, lateral T inversion;
 - DCM: large LV, low EF, thin walls, often a wide LBBB-like QRS;

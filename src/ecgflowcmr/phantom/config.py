@@ -1,4 +1,4 @@
-"""Parameters of the paired ECG–CMR phantom (DESIGN.md §6), with defaults; YAML overrides, unknown keys fail.
+"""Parameters of the paired ECG–CMR phantom (docs/decisions.md), with defaults; YAML overrides, unknown keys fail.
 
 Physiological values (the UK Biobank reference ranges the cohort is drawn around, the disease shifts) live
 in :mod:`ecgflowcmr.phantom.cohort`; this config holds what a user would sensibly change: the cohort

@@ -4,7 +4,7 @@ Every subject has its own random streams, seeded from ``(seed, index)`` with ``n
 so subject i is the same whatever N and whichever worker makes it, and the same seed gives the same bytes.
 Layout of a cohort folder::
 
-    manifest.csv                     one row per subject (DESIGN.md §4); paths relative to this folder
+    manifest.csv                     one row per subject (docs/formats.md); paths relative to this folder
     ecg/<subject_id>.hea, .dat       WFDB, 12 leads, 500 Hz, 10 s, 1 µV per LSB
     cmr/<subject_id>.nii.gz          cine, X×Y×1×50 uint8, spacing in mm, frame interval in s
     cmr/<subject_id>_mask.nii.gz     labels 0 background, 1 LV blood pool, 2 LV myocardium, 3 RV, 4 LA, 5 RA

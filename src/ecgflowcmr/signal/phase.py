@@ -1,8 +1,8 @@
-"""R-peaks and cardiac phase labels (DESIGN.md §2, §5).
+"""R-peaks and cardiac phase labels (docs/architecture.md, docs/decisions.md).
 
 Phase per ECG sample: float32 radians in [0, 2π), 0 at an R-peak, rising linearly to 2π at the next one;
 NaN (unknown) before the first and after the last R-peak. Ours differs from the public code, which labels
-those edges 0 (DESIGN.md §5): an unknown phase is excluded from the phase loss instead of taught as ED.
+those edges 0 (docs/decisions.md): an unknown phase is excluded from the phase loss instead of taught as ED.
 """
 
 from __future__ import annotations
@@ -121,16 +121,33 @@ def phase_from_rpeaks(rpeaks: np.ndarray, n: int = N_SAMPLES) -> np.ndarray:
     return phase
 
 
+def rpeaks_from_labels(phase: np.ndarray) -> np.ndarray:
+    """R-peak sample indices implied by per-sample phase labels (S,): where the known phase starts or wraps."""
+    known = np.isfinite(phase)
+    prev = np.concatenate([[np.nan], phase[:-1]])
+    start = known & ~np.isfinite(prev)
+    wrap = known & np.isfinite(prev) & (phase - prev < -np.pi)
+    return np.flatnonzero(start | wrap)
+
+
+
 def phase_labels(signal: np.ndarray, fs: float = FS) -> tuple[np.ndarray, np.ndarray]:
     """(phase (N,) float32, rpeaks int64) for a canonical ECG ``signal`` (12, N) mV.
 
     R-peaks on lead II, QRS complexes found on all 12 leads (:func:`detect_rpeaks`).
     """
+    rpeaks = find_rpeaks(signal, fs)
+    return phase_from_rpeaks(rpeaks, np.asarray(signal).shape[1]), rpeaks
+
+
+def find_rpeaks(signal: np.ndarray, fs: float = FS) -> np.ndarray:
+    """R-peaks (int64 sample indices) of an ECG ``signal`` (12, N) mV in ``LEADS`` order: QRS complexes
+    found on all 12 leads, each R-peak located on lead II (:func:`detect_rpeaks`). The one way the
+    package finds an ECG's R-peaks; ``read_ecg`` stores them in ``CanonicalECG.rpeaks``."""
     signal = np.asarray(signal)
     if signal.ndim != 2 or signal.shape[0] != len(LEADS):
         raise ValueError(f"expected a (12, N) ECG in canonical lead order, got shape {signal.shape}")
-    rpeaks = detect_rpeaks(signal[_LEAD_II], fs, leads=signal)
-    return phase_from_rpeaks(rpeaks, signal.shape[1]), rpeaks
+    return detect_rpeaks(signal[_LEAD_II], fs, leads=signal)
 
 
 def rpeak_f1(true: np.ndarray, pred: np.ndarray, tol_samples: int = 10) -> float:

@@ -1,4 +1,4 @@
-"""The training store (DESIGN.md §4): fixed-shape, memory-mapped arrays per split, built by ``prepare``.
+"""The training store (docs/formats.md): fixed-shape, memory-mapped arrays per split, built by ``prepare``.
 
 Layout::
 

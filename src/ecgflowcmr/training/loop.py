@@ -36,6 +36,7 @@ from ecgflowcmr.errors import InputError
 from ecgflowcmr.training import checkpoint as ckpt
 from ecgflowcmr.training import distributed as dist
 from ecgflowcmr.training import seeding
+from ecgflowcmr.training.adversary import Adversary
 from ecgflowcmr.training.config import TrainConfig
 from ecgflowcmr.training.logging import RunLogger
 from ecgflowcmr.training.seeding import BatchStream, EpochBatches, Purpose, SeededItems, derive_seed
@@ -52,6 +53,9 @@ class Setup:
     val_set: Dataset | None = None
     collate_fn: Callable | None = None
     """Default: torch's default collate (dicts of tensors stack)."""
+    adversary: Adversary | None = None
+    """A discriminator trained against the model (e.g. the VAE's PatchGAN): then the loop calls
+    ``model(batch, adversary)`` and steps the adversary once per optimizer step, after the model's backward."""
 
 
 @dataclass
@@ -161,135 +165,162 @@ def fit(setup: Setup, cfg: TrainConfig, run_dir: str | Path, *, resume: str | Pa
     files. On return the model holds the training weights; the EMA weights are in ``run_dir``.
     Raises :class:`TrainingError` after ``cfg.max_nonfinite`` non-finite steps in a row.
     """
-    info = dist.setup_distributed(cfg.device)
-    device, rank, world = info.device, info.rank, info.world_size
-    run_dir = Path(run_dir)
-    model = setup.model.to(device)
-    sampler = EpochBatches(len(setup.train_set), cfg.batch_size, rank, world, cfg.seed)
-    if len(sampler) == 0:
-        raise InputError("train_set", f"{len(setup.train_set)} items: fewer than one global batch "
-                         f"(train.batch_size {cfg.batch_size} × {world} processes)")
-    total = cfg.steps if cfg.epochs == 0 else math.ceil(cfg.epochs * len(sampler) / cfg.grad_accum)
-    optimizer = build_optimizer(model, cfg)
-    ema = EMA(model, cfg.ema_decay)
-    config_yaml = dump_yaml(run_config) if run_config is not None else ""
-    step, epoch, batch_in_epoch, best_val, elapsed = 0, 0, 0, math.inf, 0.0
-    if resume is not None:
-        path = ckpt.resolve_resume(run_dir, resume)
-        state = ckpt.load_checkpoint(path)
-        _restore(path, state, model, ema, optimizer, rank, world)
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch"]
-        best_val, elapsed = state["best_val_loss"], state["time"]
-    log = RunLogger(run_dir, enabled=dist.is_main(), total_steps=total, start_step=step,
-                    tensorboard=cfg.tensorboard)
-    use_bf16 = cfg.bf16 and device.type == "cuda"
-    if cfg.bf16 and not use_bf16:
-        log.message("train.bf16 ignored: bf16 autocast is CUDA-only; training in fp32 on CPU")
+    run = _Run(setup, cfg, Path(run_dir), run_config, resume)
+    with contextlib.closing(run.log):
+        stopped = run.train()
+    return run.finish(stopped)
 
-    net = model
-    if world > 1:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=cfg.find_unused_parameters)
-    loader = DataLoader(SeededItems(setup.train_set, cfg.seed), batch_sampler=sampler,
-                        collate_fn=setup.collate_fn, num_workers=cfg.num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
-    stream = BatchStream(loader, sampler, epoch, batch_in_epoch)
-    global_batch = cfg.batch_size * cfg.grad_accum * world
-    validate = setup.val_set is not None and len(setup.val_set) > 0
 
-    t0 = time.perf_counter()
+class _Run:
+    """One call of :func:`fit`: the model, its optimizer and EMA, the data position and the progress, with
+    one method per part of the loop (a training step, validation and checkpoints, the export)."""
 
-    def now() -> float:
-        return elapsed + time.perf_counter() - t0
+    def __init__(self, setup: Setup, cfg: TrainConfig, run_dir: Path, run_config: Any,
+                 resume: str | Path | None):
+        info = dist.setup_distributed(cfg.device)
+        self.device, self.rank, self.world = info.device, info.rank, info.world_size
+        self.setup, self.cfg, self.run_dir = setup, cfg, run_dir
+        self.model = model = setup.model.to(self.device)
+        self.sampler = EpochBatches(len(setup.train_set), cfg.batch_size, self.rank, self.world, cfg.seed)
+        if len(self.sampler) == 0:
+            raise InputError("train_set", f"{len(setup.train_set)} items: fewer than one global batch "
+                             f"(train.batch_size {cfg.batch_size} × {self.world} processes)")
+        self.total = cfg.steps if cfg.epochs == 0 else math.ceil(cfg.epochs * len(self.sampler) / cfg.grad_accum)
+        self.optimizer = build_optimizer(model, cfg)
+        self.ema = EMA(model, cfg.ema_decay)
+        self.config_yaml = dump_yaml(run_config) if run_config is not None else ""
+        self.step, epoch, batch_in_epoch, self.best_val, self.elapsed = 0, 0, 0, math.inf, 0.0
+        if resume is not None:
+            path = ckpt.resolve_resume(run_dir, resume)
+            state = ckpt.load_checkpoint(path)
+            _restore(path, state, model, self.ema, self.optimizer, setup.adversary, self.rank, self.world)
+            self.step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch"]
+            self.best_val, self.elapsed = state["best_val_loss"], state["time"]
+        self.log = RunLogger(run_dir, enabled=dist.is_main(), total_steps=self.total, start_step=self.step,
+                             tensorboard=cfg.tensorboard)
+        self.use_bf16 = cfg.bf16 and self.device.type == "cuda"
+        if cfg.bf16 and not self.use_bf16:
+            self.log.message("train.bf16 ignored: bf16 autocast is CUDA-only; training in fp32 on CPU")
+        self.net = model
+        if self.world > 1:
+            self.net = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                               else None, find_unused_parameters=cfg.find_unused_parameters)
+        loader = DataLoader(SeededItems(setup.train_set, cfg.seed), batch_sampler=self.sampler,
+                            collate_fn=setup.collate_fn, num_workers=cfg.num_workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+        self.stream = BatchStream(loader, self.sampler, epoch, batch_in_epoch)
+        self.global_batch = cfg.batch_size * cfg.grad_accum * self.world
+        self.validate = setup.val_set is not None and len(setup.val_set) > 0
+        self.start_step, self.nonfinite, self.last_val = self.step, 0, None
+        self.t0 = time.perf_counter()
 
-    def evaluate_and_save(at_end: bool) -> bool:
+    def now(self) -> float:
+        """Training time over every session of this run, seconds."""
+        return self.elapsed + time.perf_counter() - self.t0
+
+    def train(self) -> str:
+        """Optimizer steps until the total, a time limit or ``stop_at_step``; returns why it stopped."""
+        cfg, stopped = self.cfg, "done"
+        interval_t, interval_steps = time.perf_counter(), 0
+        while self.step < self.total:
+            lr, loss_sum, parts_sum, grad_norm = self.train_step()
+            interval_steps += 1
+            if self.step % cfg.log_every == 0 or self.step == self.total:
+                loss, parts = _mean_over_ranks(loss_sum, parts_sum, self.world * cfg.grad_accum)
+                self.log.train({"step": self.step, "epoch": self.stream.epoch + self.stream.batch / len(self.sampler),
+                                "loss": loss, "parts": parts, "lr": lr, "grad_norm": grad_norm.item(),
+                                "items_per_s": interval_steps * self.global_batch / (time.perf_counter() - interval_t),
+                                "skipped": self.nonfinite, "time": self.now()})
+                interval_t, interval_steps = time.perf_counter(), 0
+            if self.step == cfg.stop_at_step and self.step < self.total:
+                stopped = "stop_at_step"
+            elif cfg.time_limit_s and dist.all_reduce_flag(time.perf_counter() - self.t0 >= cfg.time_limit_s):
+                stopped = "time_limit"
+            if self.evaluate_and_save(at_end=self.step == self.total or stopped != "done"):
+                interval_t = time.perf_counter()  # items/s counts training time only
+            if stopped != "done":
+                self.log.message(f"stopping at step {self.step} of {self.total} ({stopped.replace('_', ' ')}); "
+                                 "continue with --resume")
+                break
+        return stopped
+
+    def train_step(self) -> tuple[float, torch.Tensor, dict[str, Any], torch.Tensor]:
+        """One optimizer step (skipped on every rank together when the loss or the gradient is non-finite);
+        returns (lr, summed loss, summed parts, gradient norm)."""
+        cfg, model = self.cfg, self.model
+        lr = cfg.lr * lr_factor(self.step, cfg.warmup_steps, self.total, cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.net.train()
+        loss_sum, parts_sum = _accumulate_gradients(self.net, self.stream, cfg, self.step, self.use_bf16,
+                                                    self.setup.adversary)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+        if dist.all_reduce_flag(not (torch.isfinite(loss_sum) and torch.isfinite(grad_norm))):
+            self.nonfinite += 1
+            self.log.message(f"step {self.step}: non-finite loss or gradient, step skipped "
+                             f"({self.nonfinite} in a row)")
+            if self.nonfinite >= cfg.max_nonfinite:
+                raise TrainingError(self.run_dir, f"loss or gradients non-finite for {self.nonfinite} steps in a "
+                                    f"row (at step {self.step}); lower train.lr, raise train.warmup_steps or "
+                                    "check the data; the last checkpoint is intact")
+        else:
+            self.nonfinite = 0
+            self.optimizer.step()
+            self.ema.update(model)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.log.advance()
+        return lr, loss_sum, parts_sum, grad_norm
+
+    def evaluate_and_save(self, at_end: bool) -> bool:
         """Validation pass and/or checkpoint when due; True if either ran."""
-        nonlocal best_val, last_val
-        do_val = validate and (at_end or (cfg.val_every > 0 and step % cfg.val_every == 0))
-        do_ckpt = at_end or (cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0)
+        cfg = self.cfg
+        do_val = self.validate and (at_end or (cfg.val_every > 0 and self.step % cfg.val_every == 0))
+        do_ckpt = at_end or (cfg.ckpt_every > 0 and self.step % cfg.ckpt_every == 0)
         if do_val:
-            with ema.applied(model):
-                last_val, parts, n = _evaluate(model, setup, cfg, device, use_bf16)
-            log.val({"step": step, "loss": last_val, "parts": parts, "items": n, "time": now()})
-            if last_val < best_val:
-                best_val = last_val
-                save(ckpt.checkpoint_dir(run_dir) / "best")
+            with self.ema.applied(self.model):
+                self.last_val, parts, n = _evaluate(self.model, self.setup, cfg, self.device, self.use_bf16)
+            self.log.val({"step": self.step, "loss": self.last_val, "parts": parts, "items": n, "time": self.now()})
+            if self.last_val < self.best_val:
+                self.best_val = self.last_val
+                self.save(ckpt.checkpoint_dir(self.run_dir) / "best")
         if do_ckpt:
-            save(ckpt.checkpoint_dir(run_dir) / f"step-{step}")
+            self.save(ckpt.checkpoint_dir(self.run_dir) / f"step-{self.step}")
             if dist.is_main():
-                ckpt.prune_checkpoints(run_dir, cfg.keep_last)
+                ckpt.prune_checkpoints(self.run_dir, cfg.keep_last)
         return do_val or do_ckpt
 
-    def save(folder: Path) -> None:
-        state = {"step": step, "epoch": stream.epoch, "batch": stream.batch, "best_val_loss": best_val,
-                 "time": now(), "config": config_yaml, "model": model.state_dict(), "ema": ema.state_dict(),
-                 "optimizer": optimizer.state_dict()}
-        if hasattr(model, "training_state"):  # state a model keeps outside its parameters (e.g. a GAN critic)
-            state["extra"] = model.training_state()
+    def save(self, folder: Path) -> None:
+        """A checkpoint: weights, EMA, optimizer, data position, progress, every rank's RNG states."""
+        state = {"step": self.step, "epoch": self.stream.epoch, "batch": self.stream.batch,
+                 "best_val_loss": self.best_val, "time": self.now(), "config": self.config_yaml,
+                 "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                 "optimizer": self.optimizer.state_dict()}
+        if self.setup.adversary is not None:
+            state["adversary"] = self.setup.adversary.state_dict()
         _check_finite(state, folder)
         state["rng"] = dist.all_gather_objects(seeding.rng_state())
         if dist.is_main():
-            ckpt.write_checkpoint(folder, state, config_yaml)
+            ckpt.write_checkpoint(folder, state, self.config_yaml)
 
-    start_step, nonfinite, stopped, last_val = step, 0, "done", None
-    interval_t, interval_steps = time.perf_counter(), 0
-    with contextlib.closing(log):
-        while step < total:
-            lr = cfg.lr * lr_factor(step, cfg.warmup_steps, total, cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            net.train()
-            loss_sum, parts_sum = _accumulate_gradients(net, stream, cfg, step, use_bf16)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
-            if dist.all_reduce_flag(not (torch.isfinite(loss_sum) and torch.isfinite(grad_norm))):
-                nonfinite += 1
-                log.message(f"step {step}: non-finite loss or gradient, step skipped ({nonfinite} in a row)")
-                if nonfinite >= cfg.max_nonfinite:
-                    raise TrainingError(run_dir, f"loss or gradients non-finite for {nonfinite} steps in a "
-                                        f"row (at step {step}); lower train.lr, raise train.warmup_steps or "
-                                        "check the data; the last checkpoint is intact")
-            else:
-                nonfinite = 0
-                optimizer.step()
-                ema.update(model)
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            interval_steps += 1
-            log.advance()
-
-            if step % cfg.log_every == 0 or step == total:
-                loss, parts = _mean_over_ranks(loss_sum, parts_sum, world * cfg.grad_accum)
-                log.train({"step": step, "epoch": stream.epoch + stream.batch / len(sampler), "loss": loss,
-                           "parts": parts, "lr": lr, "grad_norm": grad_norm.item(),
-                           "items_per_s": interval_steps * global_batch / (time.perf_counter() - interval_t),
-                           "skipped": nonfinite, "time": now()})
-                interval_t, interval_steps = time.perf_counter(), 0
-            if step == cfg.stop_at_step and step < total:
-                stopped = "stop_at_step"
-            elif cfg.time_limit_s and dist.all_reduce_flag(time.perf_counter() - t0 >= cfg.time_limit_s):
-                stopped = "time_limit"
-            if evaluate_and_save(at_end=step == total or stopped != "done"):
-                interval_t = time.perf_counter()  # items/s counts training time only
-            if stopped != "done":
-                log.message(f"stopping at step {step} of {total} ({stopped.replace('_', ' ')}); "
-                            "continue with --resume")
-                break
-
-    wall = time.perf_counter() - t0
-    if dist.is_main():
-        with ema.applied(model):
-            save_weights(model, run_dir, config=_model_config(model))
-    dist.barrier()
-    items_per_s = (step - start_step) * global_batch / max(wall, 1e-9)
-    return FitResult(steps=step, wall_time_s=wall, items_per_s=items_per_s, stopped=stopped,
-                     best_val_loss=best_val if math.isfinite(best_val) else None,
-                     last_val_loss=last_val)
+    def finish(self, stopped: str) -> FitResult:
+        """Export the EMA weights (rank 0) and summarise the session."""
+        wall = time.perf_counter() - self.t0
+        if dist.is_main():
+            with self.ema.applied(self.model):
+                save_weights(self.model, self.run_dir, config=_model_config(self.model))
+        dist.barrier()
+        items_per_s = (self.step - self.start_step) * self.global_batch / max(wall, 1e-9)
+        return FitResult(steps=self.step, wall_time_s=wall, items_per_s=items_per_s, stopped=stopped,
+                         best_val_loss=self.best_val if math.isfinite(self.best_val) else None,
+                         last_val_loss=self.last_val)
 
 
-def _accumulate_gradients(net: nn.Module, stream: BatchStream, cfg: TrainConfig, step: int,
-                          use_bf16: bool) -> tuple[torch.Tensor, dict[str, Any]]:
+def _accumulate_gradients(net: nn.Module, stream: BatchStream, cfg: TrainConfig, step: int, use_bf16: bool,
+                          adversary: Adversary | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Forward + backward over ``grad_accum`` micro-batches (gradients of their mean loss); under DDP the
-    gradient all-reduce runs on the last one only. Returns the summed loss and parts."""
+    gradient all-reduce runs on the last one only; then the adversary's update, if any. Returns the summed
+    loss and parts."""
     info = dist.info()
     loss_sum, parts_sum = torch.zeros((), device=info.device), {}
     for micro in range(cfg.grad_accum):
@@ -298,11 +329,13 @@ def _accumulate_gradients(net: nn.Module, stream: BatchStream, cfg: TrainConfig,
         last = micro == cfg.grad_accum - 1
         with contextlib.nullcontext() if info.world_size == 1 or last else net.no_sync():
             with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, parts = net(batch)
+                loss, parts = net(batch) if adversary is None else net(batch, adversary)
             (loss / cfg.grad_accum).backward()
         loss_sum += loss.detach().float()
         for k, v in parts.items():
             parts_sum[k] = parts_sum.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else v)
+    if adversary is not None:
+        parts_sum |= adversary.step()
     return loss_sum, parts_sum
 
 
@@ -341,13 +374,15 @@ def _evaluate(model: nn.Module, setup: Setup, cfg: TrainConfig, device: torch.de
 
 
 def _restore(path: Path, state: dict[str, Any], model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,
-             rank: int, world: int) -> None:
+             adversary: Adversary | None, rank: int, world: int) -> None:
     try:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
-        if hasattr(model, "load_training_state") and "extra" in state:
-            model.load_training_state(state["extra"])
+        if adversary is not None:
+            if "adversary" not in state:
+                raise KeyError("the checkpoint has no discriminator state (gan_weight was 0 when it was written)")
+            adversary.load_state_dict(state["adversary"])
     except (RuntimeError, KeyError, ValueError) as err:
         raise InputError(path, f"checkpoint does not fit this model/config ({' '.join(str(err).split())[:300]})"
                          ) from None

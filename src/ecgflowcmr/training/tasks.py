@@ -1,9 +1,9 @@
 """``ecgflowcmr train STAGE``: config → build → fit → export → finalize, for any stage module.
 
-A stage module (``ecgflowcmr.training.stages.<name>``) defines ``RunConfig`` (a dataclass with ``model`` and
-``train: TrainConfig``), ``build(cfg, data, run_dir, *, pamae=None, vae=None) -> Setup``,
-``finalize(model, cfg, data, run_dir) -> dict`` and ``load(run_dir, device="cpu") -> nn.Module``
-(see .agents/PLAN.md, "The training engine contract").
+A stage module (``ecgflowcmr.training.stages.<name>``) defines ``RunConfig`` (a dataclass with ``model``,
+``train: TrainConfig`` and usually ``eval: EvalConfig``), ``build(cfg, data, run_dir, *, pamae=None,
+vae=None) -> Setup`` and ``finalize(model, cfg, data, run_dir) -> dict``. Its trained network is loaded
+with ``bundle.load_model(run_dir, stage)``.
 
 Run folder written here: ``config.yaml`` (the resolved config), everything :func:`fit` writes, and
 ``metrics.json`` = ``{"training": {...summary...}, **finalize(...)}``.

@@ -24,30 +24,22 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ecgflowcmr.atomic import atomic_file
-from ecgflowcmr.bundle import save_weights
-from ecgflowcmr.errors import ConfigError, InputError
-from ecgflowcmr.models.image_metrics import PSNR_DEFINITION, SSIM_DEFINITION, psnr, ssim
-from ecgflowcmr.models.vae3d import VAEConfig, VideoVAE
+from ecgflowcmr.bundle import TEMPLATE_FILE, save_weights
+from ecgflowcmr.errors import InputError
+from ecgflowcmr.evaluation.stage_metrics import EvalConfig, cine_batches, vae_metrics
+from ecgflowcmr.models.vae3d import PatchDiscriminator3d, VAEConfig, VideoVAE
 from ecgflowcmr.store.prepared import StoreDataset, read_store_meta, split_size
+from ecgflowcmr.training.adversary import Adversary
 from ecgflowcmr.training.config import TrainConfig
 from ecgflowcmr.training.loop import Setup
 
 FIELDS = ("cine",)
-TEMPLATE_FILE = "template.safetensors"
 
 
 @dataclass
 class StageConfig:
     template: Literal["static", "per_frame"] = "static"
     """Template = mean latent over subjects and frames, broadcast over time (paper, public code), or per frame."""
-    eval_batch_size: int = 2
-    """Cines per batch when encoding the training set and evaluating in ``finalize``."""
-    eval_max_items: int = 0
-    """Cap on held-out cines measured (0 = the whole split)."""
-
-    def __post_init__(self) -> None:
-        if self.eval_batch_size < 1 or self.eval_max_items < 0:
-            raise ConfigError("stage.eval_batch_size", "eval_batch_size must be ≥ 1 and eval_max_items ≥ 0")
 
 
 @dataclass
@@ -55,6 +47,8 @@ class RunConfig:
     model: VAEConfig = field(default_factory=VAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(batch_size=2))
+    """``eval.batch_size`` also batches the template's pass over the training set."""
 
 
 
@@ -69,13 +63,12 @@ def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = Non
         raise InputError(data, f"cines are {cine} but model.frames/size expect "
                                f"{(cfg.model.frames, cfg.model.size, cfg.model.size)}")
     val_set = StoreDataset(data, "val", fields=FIELDS) if split_size(data, "val") > 0 else None
-    return Setup(model=VideoVAE(cfg.model), train_set=train_set, val_set=val_set)
-
-
-def _batches(ds: StoreDataset, n: int, batch_size: int, device: torch.device):
-    """Cines (b, 1, T, H, W) float32 in [-1, 1], in item order."""
-    for start in range(0, n, batch_size):
-        yield torch.stack([ds[i]["cine"] for i in range(start, min(n, start + batch_size))]).to(device)
+    model = VideoVAE(cfg.model)
+    adversary = None
+    if cfg.model.gan_weight > 0:  # the optional PatchGAN, trained against the VAE by the loop
+        disc = PatchDiscriminator3d(cfg.model.in_channels, cfg.model.disc_channels)
+        adversary = Adversary(disc, lr=cfg.model.disc_lr, start=cfg.model.gan_start)
+    return Setup(model=model, train_set=train_set, val_set=val_set, adversary=adversary)
 
 
 @torch.no_grad()
@@ -84,7 +77,7 @@ def latent_statistics(model: VideoVAE, ds: StoreDataset, batch_size: int) -> tup
     device = next(model.parameters()).device
     total, total_sq, count = 0.0, 0.0, 0
     frame_sum = torch.zeros(model.config.latent_shape, dtype=torch.float64)
-    for x in _batches(ds, len(ds), batch_size, device):
+    for x in cine_batches(ds, len(ds), batch_size, device):
         mean = model.encode(x)[0].double().cpu()  # (b, C, T, h, w)
         frame_sum += mean.sum(0)
         total, total_sq, count = total + mean.sum().item(), total_sq + mean.pow(2).sum().item(), count + mean.numel()
@@ -113,8 +106,7 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
     """Latent scale + template (written into ``run_dir``) and held-out metrics, each ``{"value", "definition"}``."""
     data, run_dir = Path(data), Path(run_dir)
     model.eval()
-    device = next(model.parameters()).device
-    bs = cfg.stage.eval_batch_size
+    bs = cfg.eval.batch_size
 
     train_set = StoreDataset(data, "train", fields=FIELDS)
     std, frame_mean = latent_statistics(model, train_set, bs)
@@ -125,33 +117,13 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
     template = template_latent(frame_mean, cfg.stage.template) / std
     write_template(run_dir, template, cfg.stage.template, len(train_set))
 
-    split = "test" if split_size(data, "test") > 0 else "val"
-    held_out = StoreDataset(data, split, fields=FIELDS)
-    n = len(held_out) if cfg.stage.eval_max_items == 0 else min(len(held_out), cfg.stage.eval_max_items)
-    if n == 0:
-        raise InputError(data, "no held-out cines (test and val splits are empty)")
-    anatomy = (model.decode_latent(template[None].to(device)) + 1) / 2  # (1, 1, T, H, W) in [0, 1]
-    p, s, p_template = [], [], []
-    for x in _batches(held_out, n, bs, device):
-        x_hat = model.decode_latent(model.encode_latent(x))  # posterior mean, clamped to [-1, 1]
-        real, rec = (x + 1) / 2, (x_hat + 1) / 2  # [0, 1] display scale
-        p.append(psnr(rec, real).cpu())
-        s.append(ssim(rec.flatten(1, 2), real.flatten(1, 2)).cpu())
-        p_template.append(psnr(anatomy.expand_as(real), real).cpu())
-    where = f"{n} held-out cines of the store's '{split}' split, reconstructed from the posterior mean"
-    return {
-        "psnr_db": {"value": torch.cat(p).mean().item(), "definition": f"{PSNR_DEFINITION}; {where}"},
-        "ssim": {"value": torch.cat(s).mean().item(), "definition": f"{SSIM_DEFINITION}; {where}"},
-        "template_psnr_db": {"value": torch.cat(p_template).mean().item(), "definition":
-                             "PSNR (as psnr_db) of the decoded template against each held-out cine: the "
-                             "floor a generator that ignores the ECG reaches"},
+    return vae_metrics(model, data, template, cfg.eval) | {
         "latent_scale": {"value": 1.0 / std, "definition":
                          f"1 / std of all posterior-mean latent elements over the {len(train_set)} training "
                          "cines; encode_latent multiplies by it (saved in model.safetensors)"},
         "template_mode": {"value": cfg.stage.template, "definition":
                           "static: mean latent over subjects and frames, broadcast over time; per_frame: "
                           f"mean over subjects per frame; written to {TEMPLATE_FILE} (scaled latent units)"},
-        "n_held_out": {"value": n, "definition": where},
     }
 
 
