@@ -86,6 +86,26 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(f"report: {report}")
 
 
+def _cmd_turing(args: argparse.Namespace) -> None:
+    if args.action == "create":
+        from ecgflowcmr.turing import create_study
+
+        print(create_study(args.real, args.generated, args.n, args.out, seed=args.seed, mode=args.mode,
+                           fps=args.fps))
+    elif args.action == "serve":
+        from ecgflowcmr.turing import serve
+
+        serve(args.study, host=args.host, port=args.port, threads=args.threads)
+    else:
+        from ecgflowcmr.turing import score_study, write_score
+        from ecgflowcmr.turing.score import markdown_section
+
+        score = score_study(args.study)
+        files = write_score(score, args.out or args.study / "score")
+        print(markdown_section(score))
+        print("wrote " + ", ".join(str(f) for f in files))
+
+
 def _add_phantom(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("phantom", help="simulate a paired ECG-cine cohort (WFDB + NIfTI + manifest.csv)",
                        description="Simulate a paired ECG-cine CMR cohort (docs/decisions.md). Writes WFDB ECGs, "
@@ -178,7 +198,45 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
-SUBCOMMANDS = (_add_phantom, _add_inspect, _add_prepare, _add_show, _add_train, _add_generate, _add_demo)
+def _add_turing(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("turing", help="a Turing test: raters tell real from generated cines in a browser",
+                       description="Create a blinded study of real and generated cines, serve it to raters "
+                       "in their browser, and score their answers (docs/turing.md).")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    s = actions.add_parser("create", help="draw, shuffle and encode real and generated cines into a study",
+                           description="Draw N real and N generated cines, encode them alike as MP4 under "
+                           "random names, and write STUDY/study.sqlite with the hidden key.")
+    s.add_argument("--real", required=True, metavar="SRC", help="STORE[:SPLIT] (default split test), "
+                   "MANIFEST.csv[:SPLIT] or a folder of NIfTI cines")
+    s.add_argument("--generated", required=True, metavar="SRC", help="the same forms, e.g. the output "
+                   "folder of `ecgflowcmr generate`")
+    s.add_argument("--n", type=int, default=50, help="cines drawn from each source (default 50)")
+    s.add_argument("--out", type=Path, required=True, help="study folder (created; must not exist)")
+    s.add_argument("--seed", type=int, default=0, help="which cines are drawn (default 0); names, order "
+                   "and sides are secret random")
+    s.add_argument("--mode", choices=("single", "pair"), default="single",
+                   help="single: one video, real or generated? pair: which of two is real? (default single)")
+    s.add_argument("--fps", type=float, default=25.0, help="frames per second of every video (default 25)")
+    s.set_defaults(func=_cmd_turing)
+    s = actions.add_parser("serve", help="serve a study to raters in their browser",
+                           description="Run the raters' web app; prints the raters' URL and an admin URL "
+                           "with a fresh token. Every answer is stored as it is given.")
+    s.add_argument("study", type=Path, help="study folder from `turing create`")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine "
+                   "only; 0.0.0.0 opens it to the network)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    s.add_argument("--threads", type=int, default=8, help="request threads (default 8)")
+    s.set_defaults(func=_cmd_turing)
+    s = actions.add_parser("score", help="score a study's answers against the hidden key",
+                           description="Accuracy, sensitivity, specificity, exact binomial test against "
+                           "chance with 95 %% CI, Fleiss' kappa, accuracy by confidence; Markdown and CSV.")
+    s.add_argument("study", type=Path, help="study folder")
+    s.add_argument("--out", type=Path, default=None, help="output folder (default STUDY/score)")
+    s.set_defaults(func=_cmd_turing)
+
+
+SUBCOMMANDS = (_add_phantom, _add_inspect, _add_prepare, _add_show, _add_train, _add_generate, _add_demo,
+               _add_turing)
 """One function per subcommand, in the order ``--help`` lists them."""
 
 
