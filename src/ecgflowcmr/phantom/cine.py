@@ -20,12 +20,12 @@ from ecgflowcmr.phantom.config import PhantomConfig
 from ecgflowcmr.phantom.ecg import ECGResult
 from ecgflowcmr.phantom.heart import BETA, Geometry, filling_curve, heart_geometry
 from ecgflowcmr.phantom.paint import (
-    _by_side,
-    _Canvas,
-    _ellipse_distance,
-    _Grid,
-    _per_frame,
-    _segment_distance,
+    Canvas,
+    Grid,
+    by_side,
+    ellipse_distance,
+    per_frame,
+    segment_distance,
 )
 
 
@@ -108,8 +108,8 @@ class _Scene:
 
     geo: Geometry
     tissue: Tissue
-    grid: _Grid
-    canvas: _Canvas
+    grid: Grid
+    canvas: Canvas
     xx: np.ndarray
     yy: np.ndarray
     """(H, W) image x (column) and y (row, down) in mm from the image centre."""
@@ -171,14 +171,14 @@ def _place(p: Physiology, geo: Geometry, tissue: Tissue, cfg: PhantomConfig, spa
     xx, yy = np.meshgrid(coords, coords)  # (H, W): x = column, y = row (down)
     u_img = ((xx - origin[0]) * e_u[0] + (yy - origin[1]) * e_u[1]).astype(np.float32)
     v_img = ((xx - origin[0]) * e_v[0] + (yy - origin[1]) * e_v[1]).astype(np.float32)
-    grid = _Grid(u=u_img, v=v_img, origin=origin, axes=np.stack([e_u, e_v]), spacing=spacing)
-    canvas = _Canvas(_background(grid, geo, tissue, edge, rng, apex_epi, v_rv_wall), cfg.n_frames, edge)
+    grid = Grid(u=u_img, v=v_img, origin=origin, axes=np.stack([e_u, e_v]), spacing=spacing)
+    canvas = Canvas(_background(grid, geo, tissue, edge, rng, apex_epi, v_rv_wall), cfg.n_frames, edge)
     return _Scene(geo, tissue, grid, canvas, xx, yy, apex_epi, v_septum, v_rv_wall, v_lat_wall, la_v, ra_v)
 
 
 def _paint_fat(scene: _Scene, rng: np.random.Generator) -> _Ventricles:
     """Ventricles: LV epicardium (septal/lateral halves), RV crescent, epicardial fat and pericardium."""
-    geo, canvas, tissue, f = scene.geo, scene.canvas, scene.tissue, _per_frame
+    geo, canvas, tissue, f = scene.geo, scene.canvas, scene.tissue, per_frame
     fat_lv, fat_rv = float(rng.uniform(1.0, 3.0)), float(rng.uniform(2.5, 6.0))
     rv_lean_deg = float(rng.uniform(10, 22))
     t_rvw = float(rng.uniform(2.5, 3.5))
@@ -190,13 +190,13 @@ def _paint_fat(scene: _Scene, rng: np.random.Generator) -> _Ventricles:
         np.float32)
     centre_lv = f(geo.uv + BETA * geo.a)
     left = v < 0
-    d_epi_full = _ellipse_distance(u - centre_lv, v, f(1 / (geo.a + geo.t_apex)),
-                                   _by_side(left, 1 / (geo.r_sep + geo.t_sep), 1 / (geo.r_lat + geo.t_lat)))
+    d_epi_full = ellipse_distance(u - centre_lv, v, f(1 / (geo.a + geo.t_apex)),
+                                   by_side(left, 1 / (geo.r_sep + geo.t_sep), 1 / (geo.r_lat + geo.t_lat)))
     # RV: an ellipse cut at its equator by the tricuspid plane, its long axis leaning towards the LV apex.
     lean = np.deg2rad(rv_lean_deg)
     cos_l, sin_l = np.float32(np.cos(lean)), np.float32(np.sin(lean))
     rv_u0, rv_v0 = geo.utv, scene.v_septum - 0.3 * geo.rv_w
-    d_rv_full = _ellipse_distance(cos_l * u + sin_l * v - f(cos_l * rv_u0 + sin_l * rv_v0),
+    d_rv_full = ellipse_distance(cos_l * u + sin_l * v - f(cos_l * rv_u0 + sin_l * rv_v0),
                                   cos_l * v - sin_l * u - f(cos_l * rv_v0 - sin_l * rv_u0),
                                   f(1 / geo.rv_len), f(1 / (0.7 * geo.rv_w)))
     d_fat = np.minimum(d_epi_full - fat_lv, d_rv_full - (t_rvw + fat_rv))
@@ -212,14 +212,14 @@ def _paint_atria(scene: _Scene, rng: np.random.Generator) -> None:
 
     Each in its own window: the other atrium's pixels are far outside its wall.
     """
-    geo, canvas, tissue, f = scene.geo, scene.canvas, scene.tissue, _per_frame
+    geo, canvas, tissue, f = scene.geo, scene.canvas, scene.tissue, per_frame
     wall = float(rng.uniform(1.0, 1.8))
     top = float(max(geo.uv.max(), geo.utv.max())) + 4
     for plane, a, b, v_c, label in ((geo.utv, geo.ra_a, geo.ra_b, scene.ra_v, 5),
                                     (geo.uv, geo.la_a, geo.la_b, scene.la_v, 4)):
         u_a, v_a = scene.window(float((plane - 2 * a).min()) - 6, top, v_c - float(b.max()) - 6,
                                 v_c + float(b.max()) + 6)
-        d = np.maximum(_ellipse_distance(u_a - f(plane - 0.5 * a), v_a - np.float32(v_c), f(1 / a), f(1 / b)),
+        d = np.maximum(ellipse_distance(u_a - f(plane - 0.5 * a), v_a - np.float32(v_c), f(1 / a), f(1 / b)),
                        u_a - f(plane))
         canvas.paint(d - wall, tissue.myo)
         canvas.paint(d, 0.97, label=label)
@@ -227,7 +227,7 @@ def _paint_atria(scene: _Scene, rng: np.random.Generator) -> None:
 
 def _paint_rv(scene: _Scene, ventricles: _Ventricles, rng: np.random.Generator) -> None:
     """RV wall and blood pool (in the ventricles' window left of the septum), then the moderator band."""
-    geo, canvas, tissue, f, vent = scene.geo, scene.canvas, scene.tissue, _per_frame, ventricles
+    geo, canvas, tissue, f, vent = scene.geo, scene.canvas, scene.tissue, per_frame, ventricles
     u_rv, v_rv = scene.window(float(geo.utv.min()) - 6, scene.apex_epi, scene.v_rv_wall - vent.t_rvw - 5, 0.0)
     d_rv = vent.d_rv[vent.crop(canvas.window)]
     below_tv = f(geo.utv) - u_rv  # > 0 below the tricuspid plane
@@ -243,17 +243,17 @@ def _paint_rv(scene: _Scene, ventricles: _Ventricles, rng: np.random.Generator) 
     band_u = wall_u + rng.uniform(4.0, 10.0)
     height = np.clip((band_u - geo.uv - BETA * geo.a) / (geo.a + geo.t_apex), -1.0, 1.0)
     band_v = scene.v_septum * np.sqrt(1 - height**2) + 1.0
-    canvas.paint(_segment_distance(u_rv, v_rv, band_u, band_v, wall_u, wall_v, rng.uniform(0.7, 1.1)), tissue.myo)
+    canvas.paint(segment_distance(u_rv, v_rv, band_u, band_v, wall_u, wall_v, rng.uniform(0.7, 1.1)), tissue.myo)
 
 
 def _paint_lv(scene: _Scene, ventricles: _Ventricles) -> None:
     """LV myocardium, then its blood pool (the LV covers the RV's right part)."""
-    geo, canvas, tissue, f = scene.geo, scene.canvas, scene.tissue, _per_frame
+    geo, canvas, tissue, f = scene.geo, scene.canvas, scene.tissue, per_frame
     u, v = scene.window(-6.0, scene.apex_epi + 2, float(scene.v_septum.min()) - 3, scene.v_lat_wall + 2)
     below_mv = f(geo.uv) - u  # > 0 below the mitral plane
     canvas.paint(np.maximum(ventricles.d_epi[ventricles.crop(canvas.window)], below_mv - 2.0), tissue.myo, label=2)
-    d_cav = _ellipse_distance(u - ventricles.centre_lv, v, f(1 / geo.a),
-                              _by_side(v < 0, 1 / geo.r_sep, 1 / geo.r_lat))
+    d_cav = ellipse_distance(u - ventricles.centre_lv, v, f(1 / geo.a),
+                              by_side(v < 0, 1 / geo.r_sep, 1 / geo.r_lat))
     canvas.label(np.maximum(d_cav, below_mv), 1)
     below_mv -= 2.5
     canvas.paint(np.maximum(d_cav, below_mv, out=below_mv), 1.0)
@@ -262,7 +262,7 @@ def _paint_lv(scene: _Scene, ventricles: _Ventricles) -> None:
 def _paint_papillary_muscle(scene: _Scene, rng: np.random.Generator) -> None:
     """Anterolateral papillary muscle: a dark oval on the lateral wall, shortening and thickening in systole
     (labelled blood pool, as in the UK Biobank contours)."""
-    geo, f = scene.geo, _per_frame
+    geo, f = scene.geo, per_frame
     pm_u = geo.uv + (1 + BETA) * geo.a * rng.uniform(0.4, 0.55)
     pm_len = rng.uniform(8.0, 11.0) * np.sqrt(geo.a / geo.a[0])
     pm_w = rng.uniform(3.5, 5.0) * np.sqrt(geo.a[0] / geo.a)
@@ -270,7 +270,7 @@ def _paint_papillary_muscle(scene: _Scene, rng: np.random.Generator) -> None:
     reach = float(pm_len.max()) + 4  # semi-axis, soft edge and the distance's shortfall beyond the tip
     u, v = scene.window(float(pm_u.min()) - reach, float(pm_u.max()) + reach, float((pm_v - pm_w).min()) - 4,
                         float((pm_v + pm_w).max()) + 4)
-    scene.canvas.paint(_ellipse_distance(u - f(pm_u), v - f(pm_v), f(1 / pm_len), f(1 / pm_w)),
+    scene.canvas.paint(ellipse_distance(u - f(pm_u), v - f(pm_v), f(1 / pm_len), f(1 / pm_w)),
                        scene.tissue.myo * 1.1)
 
 
@@ -293,12 +293,12 @@ def _paint_valves(scene: _Scene, opening: np.ndarray) -> None:
             open_ = (plane + 0.9 * length * span, hinge + 0.25 * (meet - hinge))
             tip_u = closed[0] + opening * (open_[0] - closed[0])
             tip_v = closed[1] + opening * (open_[1] - closed[1])
-            d = _segment_distance(u, v, plane, hinge, tip_u, tip_v, 0.8)
+            d = segment_distance(u, v, plane, hinge, tip_u, tip_v, 0.8)
             leaflets = d if leaflets is None else np.minimum(leaflets, d, out=leaflets)
         scene.canvas.paint(leaflets, 0.6 * scene.tissue.myo)
 
 
-def _background(grid: _Grid, geo: Geometry, tissue: Tissue, edge: float, rng: np.random.Generator,
+def _background(grid: Grid, geo: Geometry, tissue: Tissue, edge: float, rng: np.random.Generator,
                 apex_epi: float, v_rv_wall: float) -> np.ndarray:
     """Static (H, W) anatomy around the heart: chest wall, lungs with vessels, liver, descending aorta."""
     inv = np.float32(1.0 / edge)
@@ -308,7 +308,7 @@ def _background(grid: _Grid, geo: Geometry, tissue: Tissue, edge: float, rng: np
         img += np.clip(0.5 - d * inv, 0.0, 1.0) * (np.float32(value) - img)
 
     def ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, au: float, bv: float) -> np.ndarray:
-        return _ellipse_distance(u - np.float32(cu), v - np.float32(cv), np.float32(1 / au), np.float32(1 / bv))
+        return ellipse_distance(u - np.float32(cu), v - np.float32(cv), np.float32(1 / au), np.float32(1 / bv))
 
     img = np.zeros(u.shape, dtype=np.float32)
     # Thorax: the apex touches the anterior chest wall (skin, subcutaneous fat, muscle), lungs inside.

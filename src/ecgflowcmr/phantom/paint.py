@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _ellipse_distance(du: np.ndarray, dv: np.ndarray, ia: np.ndarray | float, ib: np.ndarray | float) -> np.ndarray:
+def ellipse_distance(du: np.ndarray, dv: np.ndarray, ia: np.ndarray | float, ib: np.ndarray | float) -> np.ndarray:
     """Approximate signed distance (mm, < 0 inside) to an ellipse: (q² − 1) / |∇q²|, q² = (du·ia)² + (dv·ib)².
 
     ``du``, ``dv`` are offsets from the centre, ``ia``, ``ib`` inverse semi-axes, all broadcastable (float32).
@@ -32,18 +32,18 @@ def _ellipse_distance(du: np.ndarray, dv: np.ndarray, ia: np.ndarray | float, ib
     return x2
 
 
-def _by_side(left: np.ndarray, on_left: np.ndarray, on_right: np.ndarray) -> np.ndarray:
+def by_side(left: np.ndarray, on_left: np.ndarray, on_right: np.ndarray) -> np.ndarray:
     """(T, h, w): the per-frame value ``on_left`` (T,) where ``left`` (1, h, w) is True, else ``on_right``.
 
     As arithmetic on a 0/1 mask: ``np.where`` with broadcast operands is ~20× slower.
     """
-    return left.astype(np.float32) * _per_frame(on_left - on_right) + _per_frame(on_right)
+    return left.astype(np.float32) * per_frame(on_left - on_right) + per_frame(on_right)
 
 
-def _segment_distance(u: np.ndarray, v: np.ndarray, au: np.ndarray, av: np.ndarray, bu: np.ndarray,
+def segment_distance(u: np.ndarray, v: np.ndarray, au: np.ndarray, av: np.ndarray, bu: np.ndarray,
                       bv: np.ndarray, half_width: float) -> np.ndarray:
     """Signed distance (mm) to a thick segment from (au, av) to (bu, bv); per-frame endpoints (T,)."""
-    f = _per_frame
+    f = per_frame
     au, av, du, dv = f(au), f(av), f(bu - au), f(bv - av)
     pu, pv = u - au, v - av
     t = pu * du
@@ -60,12 +60,12 @@ def _segment_distance(u: np.ndarray, v: np.ndarray, au: np.ndarray, av: np.ndarr
     return pu
 
 
-def _per_frame(x: np.ndarray) -> np.ndarray:
+def per_frame(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)[:, None, None]
 
 
 @dataclass
-class _Grid:
+class Grid:
     """The image's pixel centres in the heart frame: ``u``, ``v`` (H, W) float32 mm, an affine map of (x, y)."""
 
     u: np.ndarray
@@ -92,7 +92,7 @@ class _Grid:
         return span(min(ys), max(ys)), span(min(xs), max(xs))
 
 
-class _Canvas:
+class Canvas:
     """Frames and labels being painted, one rectangular window (in pixels) at a time.
 
     The window's pixels are copied out into contiguous arrays while it is painted and copied back when the
