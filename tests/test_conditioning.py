@@ -126,9 +126,12 @@ class TimingFromECG:
 
     def __init__(self) -> None:
         self.seeds: list[int] = []
+        self.rpeaks: list = []
 
-    def generate_batch(self, x: torch.Tensor, seed: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def generate_batch(self, x: torch.Tensor, seed: list[int], rpeaks: list | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
         self.seeds += list(seed)
+        self.rpeaks += [None] * len(seed) if rpeaks is None else list(rpeaks)
         frames = np.stack([beating_disk(int(e), seed=s % 1000) for e, s in zip(x[:, 0, 0].tolist(), seed)])
         return frames, np.ones(len(frames), dtype=bool)
 
@@ -138,8 +141,12 @@ def test_measure_conditioning_swaps_ecgs_and_keeps_seeds() -> None:
     ecgs[:, 0, 0] = ES
     seeds = [1000 + i for i in range(len(ES))]
     pipe = TimingFromECG()
-    m = measure_conditioning(pipe, ecgs, seeds, cohort(ES, seed=0), batch_size=4)
+    rpeaks = [np.array([i, 500 + i]) for i in range(len(ES))]  # each ECG's own R-peaks, as read_ecg carries them
+    m = measure_conditioning(pipe, ecgs, seeds, cohort(ES, seed=0), batch_size=4, rpeaks=rpeaks)
     assert pipe.seeds == seeds + seeds  # swapped pass, then own pass: item i keeps its noise
+    partner = swap_partners(len(ES))
+    expected = [rpeaks[j] for j in partner] + rpeaks  # the R-peaks travel with their ECG
+    assert all(np.array_equal(a, b) for a, b in zip(pipe.rpeaks, expected, strict=True))
     assert m["es_frame_mae_own_ecg"]["value"] <= 1.0
     assert m["es_frame_mae_swapped_ecg"]["value"] >= 3.0
     assert m["conditioning_items"]["value"] == len(ES)
