@@ -86,6 +86,22 @@ def test_generate_manifest_resumes_and_records_failures(demo_run: Path, tmp_path
                                    np.load(out / shard_of(sid) / f"{sid}.npy"), atol=1e-5)  # batched matmul order
 
 
+def test_each_ecgs_rpeaks_are_found_once(demo_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """read_ecg finds the R-peaks; generation (PA-MAE fallback, frame interval) uses the carried ones."""
+    from ecgflowcmr.signal import phase
+
+    calls = []
+    detect = phase.detect_rpeaks
+    monkeypatch.setattr(phase, "detect_rpeaks", lambda *a, **k: calls.append(1) or detect(*a, **k))
+    ecg = next((demo_run / "cohort" / "ecg").glob("*.hea"))
+    out = tmp_path / "gen"
+    assert main(["generate", "--model", str(demo_run / "flow"), "--ecg", str(ecg), "--out", str(out),
+                 "--format", "nii", "--steps", "1"]) == 0
+    assert len(calls) == 1
+    load_pipeline(demo_run / "flow").generate(ecg, steps=1)
+    assert len(calls) == 2
+
+
 def test_partial_bundle_fails_clearly(demo_run: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(demo_run / "flow" / "bundle", bundle)
