@@ -31,7 +31,7 @@ import numpy as np
 
 from ecgflowcmr.atomic import atomic_file, write_text_atomic
 from ecgflowcmr.errors import InputError
-from ecgflowcmr.io.manifest import PAIRED_SPLITS, SPLITS, Manifest, read_manifest
+from ecgflowcmr.io.manifest import PAIRED_SPLITS, SPLITS, Manifest, read_manifest, spreadsheet_safe
 
 STORE_VERSION = 1
 ECG_SHAPE = (12, 5000)
@@ -148,9 +148,12 @@ def _split_rows(manifest: Manifest) -> tuple[dict[str, list[dict[str, str]]], li
     per_split: dict[str, list[dict[str, str]]] = {s: [] for s in SPLITS}
     refused: list[tuple[str, str, str]] = []
     seen: set[str] = set()
-    for row in manifest.rows:
+    for line in manifest.iter_rows():
+        row = line.values
         sid, split = row["subject_id"], row["split"]
-        if not sid:
+        if line.problem:
+            refused.append((sid, split, f"{manifest.path} (line {line.line}): {line.problem}"))
+        elif not sid:
             refused.append(("", split, f"{manifest.path}: row with empty subject_id"))
         elif sid in seen:
             refused.append((sid, split, f"{manifest.path}: subject_id {sid!r} appears more than once"))
@@ -181,6 +184,7 @@ def prepare(manifest_path: str | Path, out: str | Path, workers: int = 1) -> Pre
     log_path = partial / "progress.jsonl"
     done = _read_progress(log_path)
 
+    _check_free_space(partial, {split: len(rows) for split, rows in per_split.items()})
     arrays = {split: _open_partial_arrays(partial / split, len(rows), split in PAIRED_SPLITS)
               for split, rows in per_split.items()}
     tasks = [(row, i, split) for split, rows in per_split.items() for i, row in enumerate(rows)
@@ -215,7 +219,8 @@ def prepare(manifest_path: str | Path, out: str | Path, workers: int = 1) -> Pre
         _finish_split(partial / split, keep, split in PAIRED_SPLITS)
         counts[split] = len(keep)
 
-    _write_csv(partial / "skipped.csv", ["subject_id", "split", "reason"], skipped)
+    _write_csv(partial / "skipped.csv", ["subject_id", "split", "reason"],
+               [[spreadsheet_safe(cell) for cell in row] for row in skipped])
     meta = {
         "version": STORE_VERSION,
         "created_by": "ecgflowcmr",
@@ -254,6 +259,28 @@ def _read_progress(log_path: Path) -> dict[str, dict[str, Any]]:
                 break  # a torn last line from an interruption: redo that item
             done[record["key"]] = record
     return done
+
+
+def _item_bytes(paired: bool) -> int:
+    """Bytes one item takes in the store: ECG and phase float16, cine uint8 for the paired splits."""
+    return 2 * (ECG_SHAPE[0] * ECG_SHAPE[1] + ECG_SHAPE[1]) + (int(np.prod(CINE_SHAPE)) if paired else 0)
+
+
+def _check_free_space(partial: Path, counts: dict[str, int]) -> None:
+    """Refuse to start when the arrays would not fit on the disk. They are created sparse (memory-mapped)
+    and filled item by item: without this check a full disk surfaces as SIGBUS in the middle of a write."""
+    needed = 0
+    for split, n in counts.items():
+        for name in ("ecg", "phase", "cine"):
+            existing = partial / split / f"{name}.npy"
+            if existing.exists():  # a resumed run: count only what is still unwritten (blocks in use)
+                needed -= existing.stat().st_blocks * 512
+        needed += n * _item_bytes(split in PAIRED_SPLITS)
+    free = shutil.disk_usage(partial).free
+    margin = 64 << 20  # rows.csv, skipped.csv, the progress log and the compaction of refused items
+    if needed + margin > free:
+        raise InputError(partial, f"needs {(needed + margin) / 2**30:.2f} GiB of free disk space for "
+                         f"{sum(counts.values()):,} items, {free / 2**30:.2f} GiB is free")
 
 
 def _open_partial_arrays(folder: Path, n: int, paired: bool) -> dict[str, np.memmap]:
@@ -298,6 +325,10 @@ def _finish_split(folder: Path, keep: list[tuple[int, dict[str, str]]], paired: 
         src = np.load(path, mmap_mode="r")
         if len(positions) != len(src):
             tmp = folder / f".{name}.compact.npy"
+            needed = len(positions) * int(np.prod(src.shape[1:])) * src.dtype.itemsize
+            if needed > shutil.disk_usage(folder).free:  # the memory-mapped copy would SIGBUS on a full disk
+                raise InputError(folder, f"needs {needed / 2**30:.2f} GiB free to drop refused items from "
+                                 f"{name}.npy; free some space and rerun (finished items are kept)")
             dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(positions), *src.shape[1:]))
             for start in range(0, len(positions), 256):
                 dst[start:start + 256] = src[positions[start:start + 256]]
