@@ -204,3 +204,54 @@ def zip_of(path: Path, files: list[Path]) -> Path:
         for f in files:
             zf.write(f, f.name)
     return path
+
+
+# ------------------------------------------------------------------------------------------ a bundle
+
+
+def tiny_bundle(root: Path, *, steps: int = 2) -> Path:
+    """A loadable bundle of untrained tiny networks (seeded): enough to drive ``generate`` end to end."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import save_file
+
+    from ecgflowcmr.bundle import save_weights, write_bundle
+    from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
+    from ecgflowcmr.models.dit import DiTConfig
+    from ecgflowcmr.models.pa_mae import PAMAE, PAMAEConfig
+    from ecgflowcmr.models.vae3d import VAEConfig, VideoVAE
+
+    torch.manual_seed(0)
+    pamae_cfg = PAMAEConfig(width=16, depth=1, heads=2, decoder_width=8, decoder_depth=1, decoder_heads=1)
+    vae_cfg = VAEConfig(channels=(8, 8, 8, 8), num_blocks=1, norm_groups=4, attention_heads=2)
+    flow_cfg = FlowConfig(dit=DiTConfig(latent_channels=4, frames=50, latent_size=12, cond_dim=16, patch=3,
+                                        width=16, depth=2, heads=2), sample_steps=steps)
+    template = 0.1 * torch.randn(flow_cfg.latent_shape)
+    runs = {name: root / name for name in ("pamae", "vae", "flow")}
+    for name, model, cfg in (("pamae", PAMAE(pamae_cfg), pamae_cfg), ("vae", VideoVAE(vae_cfg), vae_cfg),
+                             ("flow", FlowMatching(flow_cfg, template), flow_cfg)):
+        save_weights(model, runs[name], dataclasses.asdict(cfg))
+    save_file({"template": template}, str(runs["vae"] / "template.safetensors"))
+    return write_bundle(root / "bundle", pamae_run=runs["pamae"], vae_run=runs["vae"], flow_run=runs["flow"],
+                        sampling={"steps": steps, "method": "euler", "guidance": None},
+                        geometry={"spacing_mm": [1.8, 1.8]})
+
+
+def ecg_cohort(root: Path, ids: list[str]) -> Path:
+    """WFDB ECGs (synthetic, one per id, heart rates 60–90 bpm) and ``manifest.csv`` naming them."""
+    import csv
+
+    from ecgflowcmr.io.ecg import write_wfdb
+    from test_phase import synthetic_ecg
+
+    (root / "ecg").mkdir(parents=True, exist_ok=True)
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["subject_id", "split", "ecg_path"])
+        for k, sid in enumerate(ids):
+            record = root / "ecg" / f"r{k}"
+            signal, _ = synthetic_ecg(seed=k, heart_rate=60.0 + 30.0 * k / max(len(ids), 1))
+            write_wfdb(record, signal)
+            writer.writerow([sid, "test", f"ecg/r{k}.hea"])
+    return root / "manifest.csv"

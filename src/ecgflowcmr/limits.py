@@ -98,3 +98,25 @@ def check_regular_file(path: str | Path, what: str = "file") -> os.stat_result:
         kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (FIFO, device or socket)"
         raise InputError(path, f"{what} is {kind}")
     return st
+
+
+MODEL_MAX_WIDTH = 8192
+"""Channels, token widths and heads of a model config: 10 × the paper's widest (768)."""
+MODEL_MAX_DEPTH = 96
+"""Blocks per stack: 8 × the paper's deepest (12)."""
+
+
+def check_model_sizes(prefix: str, config: object, widths: tuple[str, ...] = (), depths: tuple[str, ...] = (),
+                      frames: tuple[str, ...] = (), sides: tuple[str, ...] = ()) -> None:
+    """Refuse absurd sizes in a model config (``ConfigError`` naming ``prefix.field``) before anything is
+    built: a config asking for a width of 10⁹ would otherwise allocate until the machine gives out."""
+    from ecgflowcmr.errors import ConfigError
+
+    for names, maximum in ((widths, MODEL_MAX_WIDTH), (depths, MODEL_MAX_DEPTH), (frames, CINE_MAX_FRAMES),
+                           (sides, CINE_MAX_SIDE)):
+        for name in names:
+            values = getattr(config, name)
+            for value in values if isinstance(values, tuple | list) else (values,):
+                if value > limit(maximum):
+                    raise ConfigError(f"{prefix}{name}", f"{value:,} exceeds the limit of {limit(maximum):,} "
+                                      f"(raise it with {SCALE_ENV})")
