@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ecgflowcmr.atomic import atomic_file, write_text_atomic
+from ecgflowcmr.atomic import atomic_file, ensure_dir, write_text_atomic
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.io.manifest import PAIRED_SPLITS, SPLITS, Manifest, read_manifest, spreadsheet_safe
 
@@ -180,7 +180,7 @@ def prepare(manifest_path: str | Path, out: str | Path, workers: int = 1) -> Pre
         raise InputError(out, "exists and is not a store; choose a new folder")
     per_split, refused = _split_rows(manifest)
     partial = out.with_name(out.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
+    ensure_dir(partial, "store folder")
     log_path = partial / "progress.jsonl"
     done = _read_progress(log_path)
 
