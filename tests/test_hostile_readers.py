@@ -190,3 +190,15 @@ def test_limit_scale_override(monkeypatch) -> None:
     monkeypatch.setenv(SCALE_ENV, "nan")
     with pytest.raises(InputError, match=SCALE_ENV):
         check_count("f", "frames", 1, 250)
+
+
+def test_refusals_are_not_wrapped_twice(tmp_path: Path) -> None:
+    """An InputError raised inside a reader's error handling reaches the user as it was, not as 'malformed …'."""
+    folder = tmp_path / "phases"
+    folder.mkdir()
+    for k in range(12):
+        hostile.dicom_image(folder / f"{k}.dcm", t=2_000_000_000, k=k)
+    np.save(tmp_path / "mask4d.npy", np.zeros((2, 2, 8, 8), np.uint8))
+    results, _ = hostile.read_all_capped([("cine", str(folder)), ("mask", str(tmp_path / "mask4d.npy"))])
+    for kind, message in results.values():
+        assert kind == "InputError" and message.count("InputError") == 0 and "malformed" not in message, message

@@ -317,6 +317,8 @@ def _series_to_raw(where: Path, items: list, manifest: dict[str, str], require_4
     """Choose the four-chamber series among DICOM datasets, order its frames, fill small gaps."""
     try:
         return _choose_series(where, items, manifest, require_4ch)
+    except InputError:  # a ValueError too: pass it through unwrapped
+        raise
     except DICOM_ERRORS as err:  # a malformed element (e.g. TriggerTime "abc") read as a number
         raise InputError(where, f"malformed DICOM series ({type(err).__name__}: {err})") from None
 
@@ -475,6 +477,8 @@ def _read_labels(path: Path) -> np.ndarray:
                 raise InputError(path, f"mask of shape {data.shape} (expected H×W or T×H×W)")
         else:
             raise InputError(path, "mask must be NIfTI or .npy")
+    except InputError:
+        raise
     except NUMPY_ERRORS as err:
         raise InputError(path, f"unreadable mask ({type(err).__name__}: {err})") from None
     data = np.asarray(data)

@@ -286,6 +286,8 @@ def _decode_dicom(path: Path) -> _Decoded:
         raise InputError(path, f"unreadable DICOM ({type(err).__name__}: {err})") from None
     try:
         return _dicom_waveform(ds, path)
+    except InputError:  # a ValueError too: pass it through unwrapped
+        raise
     except DICOM_ERRORS as err:  # a malformed element deep in the sequence
         raise InputError(path, f"malformed DICOM waveform ({type(err).__name__}: {err})") from None
 
