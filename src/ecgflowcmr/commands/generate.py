@@ -68,7 +68,8 @@ class _Item:
 
 
 def item_seed(seed: int, subject_id: str) -> int:
-    """The noise seed of one item: a function of (seed, subject_id) only, so reruns and batch sizes agree."""
+    """The noise seed of one item: a function of (seed, subject_id) only, so reruns and batch sizes draw the
+    same noise for it (the result still moves by float rounding with the batch size: README)."""
     digest = hashlib.sha256(f"{seed}:{subject_id}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
