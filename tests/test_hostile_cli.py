@@ -78,3 +78,17 @@ def test_a_full_disk_mid_job_is_one_line(phantom_cohort: Path, tmp_path: Path, c
     assert main(["prepare", "--manifest", str(phantom_cohort / "manifest.csv"), "--out", str(tmp_path / "s")]) == 2
     assert "No space left on device" in _one_line(capsys)
     assert not (tmp_path / "s").exists()  # the store is visible only when complete
+
+
+def test_checkpoint_refusal_gives_no_unsafe_advice(tmp_path: Path) -> None:
+    """A state.pt holding a pickled object is refused in one line that never suggests weights_only=False."""
+    import torch
+
+    from ecgflowcmr.errors import InputError
+    from ecgflowcmr.training.checkpoint import load_checkpoint
+
+    torch.save({"step": 3, "path": Path("x")}, tmp_path / "state.pt")
+    with pytest.raises(InputError) as info:
+        load_checkpoint(tmp_path)
+    message = str(info.value)
+    assert "weights_only" not in message and "\n" not in message and "never loaded" in message

@@ -15,8 +15,10 @@ under a hidden temporary name and renamed when complete, so ``latest_checkpoint`
 
 from __future__ import annotations
 
+import pickle
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +104,8 @@ def load_checkpoint(folder: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise InputError(path, "checkpoint not found") from None
-    except Exception as err:  # torch raises several types for corrupt or foreign files
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        # UnpicklingError: the safe loader refused an object; RuntimeError/BadZipFile: not a torch zip archive
         raise InputError(path, f"not a readable training checkpoint ({type(err).__name__}: {_first_line(err)})") from None
 
 
