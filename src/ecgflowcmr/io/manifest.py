@@ -82,7 +82,7 @@ class Manifest:
 
     @property
     def rows(self) -> list[dict[str, str]]:
-        """Every usable row, held in memory (for jobs that need the whole table, e.g. ``prepare``)."""
+        """Every usable row, held in memory (for small tables; batch jobs stream :meth:`iter_rows`)."""
         if self._rows is None:
             self._rows = [r.values for r in self.iter_rows() if r.problem is None]
         return self._rows
