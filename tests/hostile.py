@@ -74,11 +74,11 @@ def wfdb_header(path: Path, *, n_sig: int = 12, fs: str = "500", n: int = 5000, 
     return path
 
 
-def ukb_xml_text(count_total: str) -> bytes:
+def ukb_xml_text(count_total: str, resolution: str = "5") -> bytes:
     waves = "".join(f'<WaveformData lead="{lead}">1,2,3</WaveformData>' for lead in ("I", "II"))
     return (f'<?xml version="1.0"?><CardiologyXML><StripData><SampleRate units="Hz">500</SampleRate>'
             f"<ChannelSampleCountTotal>{count_total}</ChannelSampleCountTotal>"
-            f'<Resolution units="uVperLsb">5</Resolution>{waves}</StripData></CardiologyXML>').encode()
+            f'<Resolution units="uVperLsb">{resolution}</Resolution>{waves}</StripData></CardiologyXML>').encode()
 
 
 def muse_xml_text(exponent: str) -> bytes:

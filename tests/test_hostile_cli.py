@@ -92,3 +92,15 @@ def test_checkpoint_refusal_gives_no_unsafe_advice(tmp_path: Path) -> None:
         load_checkpoint(tmp_path)
     message = str(info.value)
     assert "weights_only" not in message and "\n" not in message and "never loaded" in message
+
+
+def test_read_only_out_folder_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    """As root a chmod cannot make a folder read-only, so the check itself is exercised."""
+    import os
+
+    from ecgflowcmr.atomic import ensure_dir
+    from ecgflowcmr.errors import InputError
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(InputError, match="not writable"):
+        ensure_dir(tmp_path / "out")

@@ -50,6 +50,10 @@ def test_ecg_family(tmp_path: Path) -> None:
         p = tmp_path / f"count_{name}.xml"
         p.write_bytes(hostile.ukb_xml_text(total))
         case(p, "ChannelSampleCountTotal")
+    for name, resolution in (("negres", "-5"), ("zerores", "0"), ("nanres", "nan")):
+        p = tmp_path / f"{name}.xml"
+        p.write_bytes(hostile.ukb_xml_text("3", resolution))
+        case(p, "positive resolution")
     p = tmp_path / "exponent.xml"
     p.write_bytes(hostile.muse_xml_text("400"))
     case(p, "SampleExponent")

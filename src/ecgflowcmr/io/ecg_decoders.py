@@ -194,6 +194,14 @@ def _float(text: str | None, path: Path, what: str) -> float:
         raise InputError(path, f"{what}: expected a number, got {text!r}") from None
 
 
+def _scale(text: str | None, path: Path, what: str) -> float:
+    """An amplitude resolution (units per count): finite and > 0 (a negative one would flip the ECG)."""
+    value = _float(text, path, what)
+    if not (np.isfinite(value) and value > 0):
+        raise InputError(path, f"{what}: expected a positive resolution, got {(text or '').strip()!r}")
+    return value
+
+
 def _count(text: str | None, path: Path, what: str) -> int:
     """A sample count written in a file: a finite integer ≥ 0 (``nan``, ``inf``, ``-3``, ``2.5`` refused)."""
     value = _float(text, path, what)
@@ -218,7 +226,7 @@ def _decode_ukb_xml(path: Path) -> _Decoded:
     if res is None or not (res.get("units") or "").strip():
         raise InputError(path, "StripData has no Resolution with units: cannot scale counts to mV")
     unit = re.sub(r"\s*per\s*lsb\s*$", "", res.get("units", ""), flags=re.IGNORECASE)
-    mv_per_count = _float(res.text, path, "StripData/Resolution") * _mv_per_unit(unit, path, "Resolution")
+    mv_per_count = _scale(res.text, path, "StripData/Resolution") * _mv_per_unit(unit, path, "Resolution")
     names, rows = [], []
     for wave in strip.findall("WaveformData"):
         name = (wave.get("lead") or "").strip()
@@ -255,7 +263,7 @@ def _decode_muse_xml(path: Path) -> _Decoded:
     names, rows = [], []
     for lead in wave.iter("LeadData"):
         name = (lead.findtext("LeadID") or "").strip()
-        gain = _float(lead.findtext("LeadAmplitudeUnitsPerBit"), path, f"lead {name} LeadAmplitudeUnitsPerBit")
+        gain = _scale(lead.findtext("LeadAmplitudeUnitsPerBit"), path, f"lead {name} LeadAmplitudeUnitsPerBit")
         unit = _mv_per_unit(lead.findtext("LeadAmplitudeUnits") or "", path, f"lead {name} LeadAmplitudeUnits")
         try:
             raw = base64.b64decode("".join((lead.findtext("WaveFormData") or "").split()), validate=True)
@@ -319,6 +327,7 @@ def _dicom_waveform(ds: Any, path: Path) -> _Decoded:
         units = ch.get("ChannelSensitivityUnitsSequence", [])
         if "ChannelSensitivity" not in ch or not units:
             raise InputError(path, f"channel {names[-1]!r} has no ChannelSensitivity/units: counts cannot be scaled")
+        _scale(str(ch.ChannelSensitivity), path, f"channel {names[-1]!r} ChannelSensitivity")
         scale.append(_mv_per_unit(str(units[0].get("CodeValue", "")), path, f"channel {names[-1]!r}"))
     try:
         arr = ds.waveform_array(index)
