@@ -2,7 +2,7 @@
 
 Each case is built here (a few MB on disk, GBs once inflated) and read by ``read_ecg``/``read_cine`` or the
 manifest reader in a fresh subprocess under an address-space cap (``--cap-gb``, default 8), which reports its
-peak resident memory (``ru_maxrss``) and what it raised. Run it against another checkout with
+peak resident memory (``VmHWM``) and what it raised. Run it against another checkout with
 ``PYTHONPATH=/path/to/other/src python benchmarks/hostile_memory.py`` to compare.
 
     python benchmarks/hostile_memory.py [--cap-gb 8] [--cases npz_bomb,nifti_bomb,...]
@@ -147,8 +147,11 @@ try:
     outcome = "accepted"
 except BaseException as err:
     outcome = f"{type(err).__name__}: {' '.join(str(err).split())[:160]}"
+# VmHWM: this process's own peak (ru_maxrss would carry the forking parent's peak across exec)
+hwm = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+peak_kb = hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"outcome": outcome, "seconds": round(time.perf_counter() - start, 2),
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+                  "peak_rss_mb": round(peak_kb / 1024)}))
 """
 
 

@@ -43,7 +43,9 @@ for item in json.loads(sys.stdin.read()):
         out[path] = ["InputError", str(err)]
     except BaseException as err:
         out[path] = [type(err).__name__, str(err)[:300]]
-out["__maxrss_kb__"] = [str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss), ""]
+# VmHWM: this process's own peak (ru_maxrss would carry the forking parent's peak across exec)
+hwm = [line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+out["__maxrss_kb__"] = [hwm[0] if hwm else str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss), ""]
 print(json.dumps(out))
 """
 
