@@ -128,18 +128,21 @@ def test_presets_and_paper_size() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "field"),
     [
-        dict(patch=5),  # does not divide 12
-        dict(heads=3),  # does not divide 64
-        dict(width=66, heads=2),  # not a multiple of 4
-        dict(depth=0),
-        dict(depth=3, attention="alternating"),
-        dict(mlp_ratio=0.0),
-        dict(cond_dim=0),
+        (dict(patch=5), "patch"),  # does not divide 12
+        (dict(heads=3), "heads"),  # does not divide 64
+        (dict(width=66, heads=2), "width"),  # not a multiple of 4
+        (dict(depth=0), "depth"),
+        (dict(depth=3, attention="alternating"), "depth"),
+        (dict(mlp_ratio=0.0), "mlp_ratio"),
+        (dict(cond_dim=0), "cond_dim"),
+        (dict(width=10**9, heads=1), "width"),  # absurd: refused before anything is allocated
+        (dict(depth=10**6), "depth"),
     ],
 )
-def test_invalid_configs_raise(bad: dict) -> None:
+def test_invalid_configs_raise(bad: dict, field: str) -> None:
     base = dataclasses.asdict(PRESETS["tiny"])
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as info:
         DiTConfig(**{**base, **bad})
+    assert info.value.where == f"model.dit.{field}"

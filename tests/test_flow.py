@@ -120,13 +120,15 @@ def test_every_parameter_gets_a_gradient(dropout: float) -> None:  # DDP without
 
 
 @pytest.mark.parametrize(
-    "bad",
-    [dict(alpha=-1.0), dict(use_template=False, alpha=0.0), dict(cond_dropout=1.0), dict(logit_std=0.0),
-     dict(sample_steps=0), dict(cond_dropout=0.0, sample_guidance=2.0)],
+    ("bad", "field"),
+    [(dict(alpha=-1.0), "alpha"), (dict(use_template=False, alpha=0.0), "alpha"), (dict(cond_dropout=1.0), "cond_dropout"),
+     (dict(logit_std=0.0), "logit_std"), (dict(sample_steps=0), "sample_steps"),
+     (dict(cond_dropout=0.0, sample_guidance=2.0), "sample_guidance")],
 )
-def test_invalid_flow_configs_raise(bad: dict) -> None:
-    with pytest.raises(ConfigError):
+def test_invalid_flow_configs_raise(bad: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
         FlowConfig(dit=SMALL, **bad)
+    assert info.value.where == f"model.{field}"
 
 
 def test_template_shape_and_switch_are_checked() -> None:

@@ -18,7 +18,7 @@ PACKAGE = Path(ecgflowcmr.__file__).parent
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # low → high; a module may import its own layer and the layers before it
-    ("base", ("errors", "atomic", "version", "canonical", "config")),
+    ("base", ("errors", "atomic", "version", "canonical", "limits", "config")),
     ("signal", ("signal",)),  # R-peaks, cardiac phase
     ("io", ("io",)),  # ECG and cine readers/writers, format sniffing, manifest, inspect
     ("viz", ("viz",)),  # pictures and videos for people

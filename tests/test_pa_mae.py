@@ -171,21 +171,24 @@ def test_uniform_ablation_resamples_the_whole_record():
     assert out.source.tolist() == [2]
 
 
-@pytest.mark.parametrize("bad", [
-    {"encoder": "vit", "heads": 5},
-    {"patch": 7},
-    {"mask_ratio": 1.0},
-    {"rec_weight": 0.0, "phase_weight": 0.0},
-    {"phase_weight": -1.0},
-    {"encoder": "rnn"},
-    {"align_aggregate": "max"},
-    {"min_rr_s": 2.5},
-    {"conv_kernel": 4},
-    {"width": 0},
+@pytest.mark.parametrize(("bad", "field"), [
+    ({"encoder": "vit", "heads": 5}, "model.heads"),
+    ({"patch": 7}, "model.patch"),
+    ({"mask_ratio": 1.0}, "model.mask_ratio"),
+    ({"rec_weight": 0.0, "phase_weight": 0.0}, "model.rec_weight"),
+    ({"phase_weight": -1.0}, "model.rec_weight"),
+    ({"encoder": "rnn"}, "encoder"),
+    ({"align_aggregate": "max"}, "align_aggregate"),
+    ({"min_rr_s": 2.5}, "model.min_rr_s"),
+    ({"conv_kernel": 4}, "model.conv_kernel"),
+    ({"width": 0}, "model.width"),
+    ({"width": 10**8}, "model.width"),
+    ({"samples": 10**9, "patch": 8}, "model.samples"),
 ])
-def test_invalid_configs_raise(bad):
-    with pytest.raises(ConfigError):
+def test_invalid_configs_raise(bad, field):
+    with pytest.raises(ConfigError) as info:
         from_dict(PAMAEConfig, {**TINY, **bad})
+    assert info.value.where == field
 
 
 def test_presets_load():

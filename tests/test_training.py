@@ -136,8 +136,9 @@ def test_ema_follows_closed_form_and_applied_restores_weights():
 
 def test_train_config_rejects_bad_values():
     for bad in ({"batch_size": 0}, {"lr": 0.0}, {"ema_decay": 1.0}, {"warmup_steps": -1}, {"device": "tpu"}):
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError) as info:
             TrainConfig(**bad)
+        assert info.value.where == f"train.{next(iter(bad))}"  # the field that is wrong, not just any
 
 
 @pytest.mark.parametrize(("stage", "old"), [("vae", "stage.eval_batch_size"), ("vae", "stage.eval_max_items"),

@@ -221,23 +221,27 @@ def test_ssim_closed_forms():
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [
-    dict(channels=()),
-    dict(channels=(64, 100, 256, 256)),  # 100 not divisible by 32 groups
-    dict(temporal_kernel=(3, 3, 3)),  # one per level
-    dict(temporal_kernel=(3, 2, 3, 3)),  # even
-    dict(size=100),  # not divisible by 8
-    dict(attention_heads=3),
-    dict(attention="global"),
-    dict(latent_channels=0),
-    dict(train_frames=51),
-    dict(kl_weight=-1.0),
+@pytest.mark.parametrize(("bad", "field"), [
+    (dict(channels=()), "model.channels"),
+    (dict(channels=(64, 100, 256, 256)), "model.norm_groups"),  # 100 not divisible by 32 groups
+    (dict(temporal_kernel=(3, 3, 3)), "model.temporal_kernel"),  # one per level
+    (dict(temporal_kernel=(3, 2, 3, 3)), "model.temporal_kernel"),  # even
+    (dict(size=100), "model.size"),  # not divisible by 8
+    (dict(attention_heads=3), "model.attention_heads"),
+    (dict(attention="global"), "attention"),
+    (dict(latent_channels=0), "model.latent_channels"),
+    (dict(train_frames=51), "model.train_frames"),
+    (dict(kl_weight=-1.0), "model.kl_weight"),
+    (dict(channels=(8, 10**7, 8, 8), norm_groups=8), "model.channels"),  # absurd sizes: refused before building
+    (dict(size=10**6), "model.size"),
+    (dict(num_blocks=10**5), "model.num_blocks"),
 ])
-def test_invalid_configs_raise(bad):
+def test_invalid_configs_raise(bad, field):
     from ecgflowcmr.config import from_dict
 
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as info:
         from_dict(VAEConfig, {k: list(v) if isinstance(v, tuple) else v for k, v in bad.items()})
+    assert info.value.where == field
 
 
 def test_presets_load_from_yaml():

@@ -12,6 +12,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from ecgflowcmr.errors import InputError
+
 
 def _temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -60,3 +62,20 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a small text file so that it appears whole or not at all."""
     with atomic_file(path) as tmp:
         tmp.write_text(text)
+
+
+def ensure_dir(path: str | Path, what: str = "output folder") -> Path:
+    """``mkdir -p path``; what makes it fail (a file in the way or above it, a read-only or full disk)
+    becomes a one-line InputError naming the folder."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(path, f"cannot be the {what}: it is a file") from None
+    except NotADirectoryError:
+        raise InputError(path, f"cannot be the {what}: a parent of it is a file") from None
+    except (OSError, ValueError) as err:  # EACCES, EROFS, ENOSPC, ENAMETOOLONG; ValueError: a NUL byte
+        raise InputError(path, f"cannot create the {what} ({getattr(err, 'strerror', None) or err})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(path, f"the {what} is not writable")
+    return path

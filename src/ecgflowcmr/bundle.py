@@ -15,8 +15,11 @@ Loading never unpickles; every weight key is checked; a partial or mismatched bu
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,9 @@ TEMPLATE_FILE = "template.safetensors"
 BUNDLE_FORMAT = "ecgflowcmr-bundle"
 BUNDLE_VERSION = 1
 STAGE_FOLDERS = ("pamae", "vae", "flow")
+MAX_BUNDLE_JSON_BYTES = 1 << 20
+"""bundle.json holds a few hundred bytes of metadata; a larger file is not one."""
+MAX_JSON_DEPTH = 16
 
 
 # --------------------------------------------------------------------------------------------------
@@ -90,6 +96,29 @@ def load_weights(module: nn.Module, folder: str | Path) -> nn.Module:
     return module
 
 
+def build_to_fit(factory: Callable[[], nn.Module], folder: str | Path) -> nn.Module:
+    """``factory()`` (a model built from ``folder/config.json``), only when the model it describes holds as
+    many values as ``folder/model.safetensors``: the model is first built on the meta device (no memory),
+    so a config asking for an absurd size is refused before anything is allocated."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise InputError(path, "weights file not found (is this a finished run folder?)")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            stored = sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())  # noqa: SIM118 (no __iter__)
+    except (SafetensorError, OSError) as err:
+        raise InputError(path, f"not a readable safetensors file ({err})") from None
+    with torch.device("meta"):
+        expected = sum(t.numel() for t in factory().state_dict().values())
+    if expected != stored:
+        raise InputError(folder / CONFIG_FILE, f"describes a model of {expected:,} values but {WEIGHTS_FILE} "
+                         f"holds {stored:,}: the config and the weights do not belong together")
+    return factory()
+
+
 def read_config(folder: str | Path) -> dict[str, Any]:
     """The model configuration saved beside the weights (``folder/config.json``) as a dict."""
     path = Path(folder) / CONFIG_FILE
@@ -135,7 +164,8 @@ def load_model(folder: str | Path, stage: str, device: str | torch.device = "cpu
     raw = read_config(folder)
     if isinstance(raw.get("model"), dict):  # a full run config rather than the model's
         raw = raw["model"]
-    model = model_class(from_dict(config_class, raw, prefix="model."))
+    config = from_dict(config_class, raw, prefix="model.")
+    model = build_to_fit(lambda: model_class(config), folder)
     load_weights(model, folder)
     return model.to(device).eval()
 
@@ -191,6 +221,59 @@ def bundle_geometry(store: Path) -> dict[str, Any]:
             "definition": "median canonical (row, column) spacing of the training cines, mm"}
 
 
+def read_bundle_meta(bundle: Path) -> dict[str, Any]:
+    """``bundle.json`` parsed and checked: a JSON object of this format and version, its ``sampling`` and
+    ``geometry`` of the right types. Raises InputError naming the file and the field."""
+    from ecgflowcmr.limits import check_regular_file
+
+    path = bundle / "bundle.json"
+    size = check_regular_file(path, "bundle.json").st_size
+    if size > MAX_BUNDLE_JSON_BYTES:
+        raise InputError(path, f"{size:,} bytes: not a bundle description")
+    try:
+        meta = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise InputError(path, f"not valid JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(meta, dict):
+        raise InputError(path, "expected a JSON object")
+    if _depth(meta) > MAX_JSON_DEPTH:
+        raise InputError(path, f"nested deeper than {MAX_JSON_DEPTH} levels: not a bundle description")
+    if meta.get("format") != BUNDLE_FORMAT or meta.get("version") != BUNDLE_VERSION:
+        raise InputError(path, f"not a version-{BUNDLE_VERSION} {BUNDLE_FORMAT}")
+    sampling, geometry = meta.get("sampling", {}), meta.get("geometry", {})
+    if not isinstance(sampling, dict):
+        raise InputError(path, f"sampling: expected an object, got {type(sampling).__name__}")
+    if not isinstance(geometry, dict):
+        raise InputError(path, f"geometry: expected an object, got {type(geometry).__name__}")
+    spacing = geometry.get("spacing_mm", [2.0, 2.0])
+    if (not isinstance(spacing, list) or len(spacing) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 100 for v in spacing)):
+        raise InputError(path, f"geometry.spacing_mm: expected two positive numbers (mm), got {spacing!r}")
+    return meta
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def bundle_digest(bundle: Path) -> str:
+    """SHA-256 over the bundle's files (bundle.json, each stage's weights and config, the template): the
+    identity of the model a generate job used."""
+    digest = hashlib.sha256()
+    names = ["bundle.json", "template.safetensors"] + [f"{s}/{f}" for s in STAGE_FOLDERS
+                                                       for f in ("config.json", "model.safetensors")]
+    for name in names:
+        digest.update(name.encode() + b"\0")
+        with open(bundle / name, "rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def find_bundle(path: str | Path) -> Path:
     """``path`` itself when it is a bundle, else ``path/bundle`` (a flow run folder)."""
     path = Path(path)
@@ -204,9 +287,7 @@ def read_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[P
     """(bundle folder, bundle.json, {"pamae", "vae", "flow": network in eval mode}) of a bundle or of a flow run
     folder holding ``bundle/``; checks that every part is there and that the parts fit each other."""
     bundle = find_bundle(path)
-    meta = json.loads((bundle / "bundle.json").read_text())
-    if meta.get("format") != BUNDLE_FORMAT or meta.get("version") != BUNDLE_VERSION:
-        raise InputError(bundle / "bundle.json", f"not a version-{BUNDLE_VERSION} {BUNDLE_FORMAT}")
+    meta = read_bundle_meta(bundle)
     for name in STAGE_FOLDERS:
         for fname in (WEIGHTS_FILE, CONFIG_FILE):
             if not (bundle / name / fname).exists():
@@ -220,10 +301,19 @@ def read_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[P
 
 def check_compatible(bundle: Path, pamae: torch.nn.Module, vae: torch.nn.Module, flow: torch.nn.Module) -> None:
     """The three networks must agree on the ECG token width and the latent shape."""
-    from safetensors.torch import load_file
-
-    template = load_file(str(bundle / TEMPLATE_FILE))["template"]
+    path = bundle / TEMPLATE_FILE
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise InputError(path, f"not a readable safetensors file ({err})") from None
+    if "template" not in tensors:
+        raise InputError(path, f"has no 'template' tensor (has: {', '.join(tensors) or 'nothing'})")
+    template = tensors["template"]
     flow_template = getattr(flow, "template", None)
     if flow_template is not None and tuple(flow_template.shape) != tuple(template.shape):
         raise InputError(bundle, f"mismatched bundle: template {tuple(template.shape)} vs flow's "
                                  f"{tuple(flow_template.shape)}")
+    for name, module in (("pamae", pamae), ("vae", vae), ("flow", flow)):
+        bad = [k for k, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise InputError(bundle / name / "model.safetensors", f"non-finite weights in {', '.join(bad[:4])}")

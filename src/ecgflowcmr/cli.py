@@ -6,12 +6,18 @@ User errors (:class:`~ecgflowcmr.errors.InputError`) print one line and exit 2, 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 from pathlib import Path
 
 from ecgflowcmr.errors import InputError
+
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
+               errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOENT, errno.EFBIG}
+"""File-system failures the user causes or can fix (full disk, read-only folder, a file where a folder should
+be): printed as one line with exit status 2, like InputError."""
 
 
 def _cmd_phantom(args: argparse.Namespace) -> None:
@@ -258,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in USER_ERRNOS:
+            raise
+        where = err.filename or "output"
+        print(f"error: {where}: {err.strerror or err} (nothing half-written was left under its final name)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

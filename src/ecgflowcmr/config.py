@@ -10,6 +10,7 @@ naming the key. Dataclasses may validate ranges in ``__post_init__`` (raise ``Co
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -78,6 +79,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(key, f"expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -145,13 +148,24 @@ def parse_overrides(sets: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(item, "an override must look like key=value (e.g. train.lr=1e-4)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        key = key.strip()
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(key or item, "an override key must be dotted field names (e.g. train.lr)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except (yaml.YAMLError, RecursionError) as err:
+            raise ConfigError(key, f"value {raw!r} is not valid YAML ({' '.join(str(err).split())[:200]})") from None
         if isinstance(value, str) and _looks_numeric(value):
             value = float(value)  # YAML 1.1 reads "1e-4" as a string
         node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(".".join(parts[: i + 1]), f"is set to a value by another override, "
+                                  f"so {key} cannot be set inside it")
+        if isinstance(node.get(parts[-1]), dict) and not isinstance(value, dict):
+            raise ConfigError(key, f"is a section (set its fields, e.g. {key}.FIELD=VALUE), not a value")
         node[parts[-1]] = value
     return out
 
@@ -170,8 +184,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(path, "config file not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(path, f"not valid YAML ({' '.join(str(err).split())})") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "is a folder, not a YAML config file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(path, f"cannot read the config file ({err})") from None
+    except (yaml.YAMLError, RecursionError) as err:
+        raise ConfigError(path, f"not valid YAML ({' '.join(str(err).split())[:300]})") from None
     if not isinstance(data, dict):
         raise ConfigError(path, "a config file must hold a mapping at the top level")
     return data

@@ -6,6 +6,7 @@ there and in ``docs/formats.md``.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,9 @@ import torch
 from ecgflowcmr.bundle import read_bundle
 from ecgflowcmr.canonical import LEADS, N_FRAMES, N_SAMPLES, SIZE, SPACING_MM, token_centre
 from ecgflowcmr.errors import InputError
+from ecgflowcmr.limits import GUIDANCE_MAX, SAMPLER_MAX_STEPS, SCALE_ENV, limit
+
+SAMPLERS = ("euler", "heun")
 
 
 @dataclass
@@ -116,36 +120,72 @@ class Pipeline:
         (B, 12, 5000) in mV. Raises InputError when an ECG yields no usable cardiac cycle.
         """
         x, rpeaks, single = self._ecg_batch(ecg)
+        problems: list[str] = []
         frames, valid = self.generate_batch(x, steps=steps, seed=seed, guidance=guidance, method=method,
-                                            rpeaks=rpeaks)
+                                            rpeaks=rpeaks, problems=problems)
         if not valid.all():
             bad = np.flatnonzero(~valid).tolist()
-            raise InputError("ecg", f"no usable cardiac cycle in item(s) {bad} (NaN, flat or no R-peaks)")
+            raise InputError("ecg", f"item(s) {bad}: {problems[bad[0]]}")
         return frames[0] if single else frames
+
+    def sampling_settings(self, steps: int | None = None, guidance: float | None = None,
+                          method: str | None = None) -> dict[str, Any]:
+        """The sampler settings a call will use: each argument, or the bundle's default when None; checked.
+
+        ``steps`` in 1…``SAMPLER_MAX_STEPS`` (0 is refused, not read as "the default"), ``guidance`` None or
+        finite with |w| ≤ ``GUIDANCE_MAX``, ``method`` euler or heun. Raises InputError naming the argument
+        (or ``bundle.json``'s field when the default is at fault).
+        """
+        meta = self.bundle / "bundle.json"
+        where = {"steps": "--steps" if steps is not None else f"{meta} sampling.steps",
+                 "guidance": "--guidance" if guidance is not None else f"{meta} sampling.guidance",
+                 "method": "--sampler" if method is not None else f"{meta} sampling.method"}
+        steps = self.sampling["steps"] if steps is None else steps
+        guidance = self.sampling["guidance"] if guidance is None else guidance
+        method = self.sampling["method"] if method is None else method
+        if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+            raise InputError(where["steps"], f"must be a whole number ≥ 1, got {steps!r}")
+        if steps > limit(SAMPLER_MAX_STEPS):
+            raise InputError(where["steps"], f"{steps:,} steps exceed the limit of {limit(SAMPLER_MAX_STEPS):,} "
+                             f"(raise it with {SCALE_ENV})")
+        if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, int | float)
+                                     or not math.isfinite(guidance) or abs(guidance) > GUIDANCE_MAX):
+            raise InputError(where["guidance"], f"must be a finite number with |w| ≤ {GUIDANCE_MAX:g}, got {guidance!r}")
+        if method not in SAMPLERS:
+            raise InputError(where["method"], f"must be one of {', '.join(SAMPLERS)}, got {method!r}")
+        return {"steps": int(steps), "guidance": None if guidance is None else float(guidance), "method": method}
 
     @torch.no_grad()
     def generate_batch(self, x: torch.Tensor, steps: int | None = None, seed: int | list[int] = 0,
                        guidance: float | None = None, method: str | None = None,
-                       rpeaks: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       rpeaks: list[np.ndarray] | None = None,
+                       problems: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(B, 12, 5000) mV → (frames (B, 50, 96, 96) in [0, 1], valid (B,) bool); invalid items are NaN.
 
-        ``seed``: one seed for the batch, or one per item (then an item's cine does not depend on which
-        other items share its batch: what a resumable job over a manifest needs). ``rpeaks``: each item's
-        R-peaks as ``read_ecg`` carried them (``CanonicalECG.rpeaks``); None: found here.
+        An item is invalid when its ECG gives no usable cardiac cycle or when its latent or decoded cine is
+        not finite (NaN/inf weights, an extreme α or guidance): never a success. ``problems``, when given, is
+        filled with one reason per item (``""`` for valid ones).
+
+        ``seed``: one seed for the batch, or one per item. With one seed per item the noise of an item does
+        not depend on its batch; the result still does, by float summation order in batched kernels:
+        ≤ 1e-5 (README, "Limits and hostile input"). ``rpeaks``: each item's R-peaks as ``read_ecg`` carried
+        them (``CanonicalECG.rpeaks``); None: found here.
         """
         from ecgflowcmr.flow.sampler import sample
 
+        settings = self.sampling_settings(steps, guidance, method)
         x = x.to(self.device, torch.float32)
         aligned = self._encode(x, rpeaks)
         valid = aligned.valid.bool().cpu().numpy()
         frames = np.full((x.shape[0], N_FRAMES, SIZE, SIZE), np.nan, dtype=np.float32)
+        reasons = ["" if ok else "no usable cardiac cycle (NaN, flat or no R-peaks)" for ok in valid]
+        if problems is not None:
+            problems[:] = reasons
         if not valid.any():
             return frames, valid
         keep = torch.from_numpy(np.flatnonzero(valid)).to(self.device)
         cond = aligned.tokens.index_select(0, keep)
-        steps = int(steps or self.sampling["steps"])
-        method = method or self.sampling["method"]
-        guidance = self.sampling["guidance"] if guidance is None else guidance
+        steps, method, guidance = settings["steps"], settings["method"], settings["guidance"]
         if isinstance(seed, int):
             generator = torch.Generator(device=self.device).manual_seed(seed)
             z0 = self.flow.initial_state(cond.shape[0], generator)
@@ -158,8 +198,15 @@ class Pipeline:
         start = time.perf_counter()
         video = self.vae.decode_latent(z1)  # (b, 1, 50, 96, 96) in [-1, 1]
         self.timings.decode += time.perf_counter() - start
+        finite = (torch.isfinite(z1).flatten(1).all(1) & torch.isfinite(video).flatten(1).all(1)).cpu().numpy()
+        kept = np.flatnonzero(valid)
+        frames[kept[finite]] = ((video[finite, 0].float().clamp(-1, 1) + 1) / 2).cpu().numpy()
+        for i in kept[~finite]:
+            valid[i] = False
+            reasons[i] = "the model produced non-finite values (NaN/inf in its weights, α or guidance)"
         self.timings.videos += int(valid.sum())
-        frames[valid] = ((video[:, 0].float().clamp(-1, 1) + 1) / 2).cpu().numpy()
+        if problems is not None:
+            problems[:] = reasons
         return frames, valid
 
 

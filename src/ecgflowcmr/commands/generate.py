@@ -2,30 +2,42 @@
 
 Outputs: one ECG file → ``OUT/<stem>.<ext>``; a manifest → ``OUT/<shard>/<subject_id>.<ext>`` with
 ``shard`` the first three hex digits of SHA-1(subject_id) (≤ 4096 folders, a few hundred files each at
-10^6 ECGs). An item whose every requested file exists is skipped on rerun; each file is written under a
-temporary name and renamed, so no partial file is ever visible. Items that fail (unreadable ECG, no
-cardiac cycle) are listed in ``failed.csv`` (``failed-rank<R>.csv`` under torchrun) and the job goes on.
-Under ``torchrun`` rank r takes items r, r + W, r + 2W, …
+10^6 ECGs). Every output name comes from an id checked by :func:`~ecgflowcmr.io.manifest.id_problem` (no
+separator, no leading dot, no control character, ≤ 128 characters) and unique within the job (compared
+case-insensitively); any other id is refused into ``failed.csv``.
+
+The manifest is streamed row by row. An item whose every requested file exists is skipped on rerun; each
+file is written under a temporary name and renamed, so no partial file is ever visible. Items that fail
+(unreadable ECG, no cardiac cycle, non-finite output) are listed in ``failed.csv`` (``failed-rank<R>.csv``
+under torchrun) and the job goes on; a single ECG file that fails raises InputError. ``OUT/generate.json``
+records the job's settings (bundle digest, seed, steps, guidance, sampler, formats); a rerun with other
+settings is refused. Under ``torchrun`` rank r takes items r, r + W, r + 2W, …
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ecgflowcmr.atomic import atomic_file
+from ecgflowcmr.atomic import atomic_file, ensure_dir, write_text_atomic
 from ecgflowcmr.canonical import FS, N_FRAMES
 from ecgflowcmr.errors import InputError
 
 FORMATS = ("nii", "mp4", "gif", "npy")
 SUFFIX = {"nii": ".nii.gz", "mp4": ".mp4", "gif": ".gif", "npy": ".npy"}
+SETTINGS_FILE = "generate.json"
+ENFORCED_SETTINGS = ("bundle_digest", "seed", "steps", "guidance", "sampler", "formats")
+"""Settings a resumed job must share with the one that wrote the folder (batch_size is recorded only: it
+changes results by float rounding, ≤ 1e-5)."""
 
 
 @dataclass
@@ -44,8 +56,20 @@ class GenerateSummary:
                 f"failed {self.failed} (failed.csv); {self.seconds:.1f} s ({per:.2f} s/video; {parts})")
 
 
+@dataclass
+class _Item:
+    subject_id: str
+    ecg: str
+    """The ECG path as given (or resolved), for messages and failed.csv."""
+    path: Path | None = None
+    stem: Path | None = None
+    """Output path without suffix; None when the item is refused (``problem``)."""
+    problem: str | None = None
+
+
 def item_seed(seed: int, subject_id: str) -> int:
-    """The noise seed of one item: a function of (seed, subject_id) only, so reruns and batch sizes agree."""
+    """The noise seed of one item: a function of (seed, subject_id) only, so reruns and batch sizes draw the
+    same noise for it (the result still moves by float rounding with the batch size: README)."""
     digest = hashlib.sha256(f"{seed}:{subject_id}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
@@ -61,23 +85,37 @@ def shard_of(subject_id: str) -> str:
     return hashlib.sha1(subject_id.encode()).hexdigest()[:3]
 
 
-def _items(ecg: Path, out: Path) -> list[tuple[str, Path, Path]]:
-    """(subject_id, ecg path, output stem) for a single ECG file or every row of a manifest."""
-    if ecg.suffix.lower() == ".csv":
-        from ecgflowcmr.io.manifest import read_manifest
+def _items(ecg: Path, out: Path) -> Iterator[_Item]:
+    """One item per ECG: the single file, or each manifest row in order (refused rows carry their problem)."""
+    from ecgflowcmr.io.manifest import id_problem, read_manifest
 
-        manifest = read_manifest(ecg, required=("subject_id", "ecg_path"))
-        items = []
-        for row in manifest.rows:
-            sid = row["subject_id"]
-            try:
-                path = manifest.resolve(row, "ecg_path")
-            except InputError as err:  # recorded as a failure below, the batch goes on
-                path = Path(f"<invalid: {err}>")
-            items.append((sid, path, out / shard_of(sid) / sid))
-        return items
-    stem = ecg.name.split(".")[0]
-    return [(stem, ecg, out / stem)]
+    if ecg.suffix.lower() != ".csv":
+        stem = ecg.name.split(".")[0]
+        problem = id_problem(stem)
+        yield _Item(stem, str(ecg), ecg, None if problem else out / stem,
+                    f"{ecg}: cannot name an output after this file ({problem})" if problem else None)
+        return
+    manifest = read_manifest(ecg, required=("subject_id", "ecg_path"))
+    seen: set[str] = set()
+    for line in manifest.iter_rows():
+        row = line.values
+        sid, where = row["subject_id"], f"{manifest.path} (line {line.line})"
+        problem = line.problem or id_problem(sid)
+        if problem is None and sid.casefold() in seen:
+            problem = f"subject_id {sid!r} appears more than once (the first row is generated)"
+        seen.add(sid.casefold())
+        if problem is not None:
+            yield _Item(sid, row.get("ecg_path", ""), problem=f"{where}: {problem}")
+            continue
+        try:
+            path = manifest.resolve(row, "ecg_path")
+        except InputError as err:
+            yield _Item(sid, row["ecg_path"], problem=str(err))
+            continue
+        if path is None:
+            yield _Item(sid, "", problem=f"{where}: subject {sid!r} has an empty ecg_path")
+            continue
+        yield _Item(sid, str(path), path, out / shard_of(sid) / sid)
 
 
 def _write_outputs(stem: Path, frames01: np.ndarray, formats: list[str], spacing_mm: tuple[float, float],
@@ -86,7 +124,7 @@ def _write_outputs(stem: Path, frames01: np.ndarray, formats: list[str], spacing
     from ecgflowcmr.io.cmr import write_cine
     from ecgflowcmr.viz.video import write_video
 
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(stem.parent)
     for fmt in formats:
         target = stem.with_name(stem.name + SUFFIX[fmt])
         if fmt == "nii":  # the canonical writer: read_cine(target).frames01 is frames01, bit for bit
@@ -100,12 +138,35 @@ def _write_outputs(stem: Path, frames01: np.ndarray, formats: list[str], spacing
                 write_video(frames01, tmp, fps=fps)
 
 
+def _check_settings(out: Path, settings: dict) -> None:
+    """Refuse an output folder written with other settings (or by something else); record ours."""
+    path = out / SETTINGS_FILE
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputError(path, f"unreadable ({err}); delete it only if the folder's outputs can go") from None
+        if not isinstance(old, dict):
+            raise InputError(path, "not a generate settings record")
+        changed = [f"{k} {old.get(k)!r} → {settings[k]!r}" for k in ENFORCED_SETTINGS if old.get(k) != settings[k]]
+        if changed:
+            raise InputError(out, "holds outputs generated with other settings (" + "; ".join(changed) +
+                             "): rerun with the same settings to resume, or choose a new --out folder")
+        return
+    foreign = [p.name for p in out.iterdir() if not p.name.startswith(".tmp-")]
+    if foreign:
+        raise InputError(out, f"is not empty and has no {SETTINGS_FILE} (holds {', '.join(sorted(foreign)[:3])} …): "
+                         "choose a new --out folder")
+    write_text_atomic(path, json.dumps(settings, indent=2) + "\n")
+
+
 def generate(model: str | Path, ecg: str | Path, out: str | Path, *, formats: list[str] | None = None,
              batch_size: int = 8, steps: int | None = None, seed: int = 0, guidance: float | None = None,
              sampler: str | None = None, device: str | None = None) -> GenerateSummary:
     """Generate cines for one ECG file or a manifest of ECGs (see the module docstring)."""
     from tqdm import tqdm
 
+    from ecgflowcmr.bundle import bundle_digest
     from ecgflowcmr.io.ecg import read_ecg
     from ecgflowcmr.pipeline import load_pipeline
 
@@ -116,55 +177,86 @@ def generate(model: str | Path, ecg: str | Path, out: str | Path, *, formats: li
     if batch_size < 1:
         raise InputError("--batch-size", "must be ≥ 1")
     ecg, out = Path(ecg), Path(out)
+    single = ecg.suffix.lower() != ".csv"
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     start = time.perf_counter()
-    items = _items(ecg, out)[rank::world]
     pipe = load_pipeline(model, device=device)
+    sampling = pipe.sampling_settings(steps, guidance, sampler)
     spacing = pipe.spacing_mm
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
+    _check_settings(out, {"bundle": str(pipe.bundle.resolve()), "bundle_digest": bundle_digest(pipe.bundle),
+                          "seed": seed, "steps": sampling["steps"], "guidance": sampling["guidance"],
+                          "sampler": sampling["method"], "formats": sorted(set(formats)), "batch_size": batch_size})
 
     def done(stem: Path) -> bool:
         return all(stem.with_name(stem.name + SUFFIX[f]).exists() for f in formats)
 
-    todo = [it for it in items if not done(it[2])]
     failed: list[tuple[str, str, str]] = []
-    generated = 0
-    bar = tqdm(total=len(todo), desc="generate", unit="video", disable=not _is_tty())
-    for first in range(0, len(todo), batch_size):
-        chunk = todo[first:first + batch_size]
+    generated = skipped = 0
+    bar = tqdm(desc="generate", unit="video", disable=not _is_tty())
+
+    def run(batch: list[_Item]) -> None:
+        nonlocal generated
         ecgs, kept = [], []
-        for sid, path, stem in chunk:
+        for item in batch:
             try:
-                ecgs.append(read_ecg(path))
+                ecgs.append(read_ecg(item.path))
             except InputError as err:
-                failed.append((sid, str(path), str(err)))
+                failed.append((item.subject_id, item.ecg, str(err)))
                 continue
-            kept.append((sid, path, stem))
+            kept.append(item)
         if ecgs:
             x = torch.from_numpy(np.stack([e.signal for e in ecgs]))
             intervals = [frame_interval_s(e.rpeaks) for e in ecgs]
-            seeds = [item_seed(seed, sid) for sid, _, _ in kept]
-            frames, valid = pipe.generate_batch(x, steps=steps, seed=seeds, guidance=guidance, method=sampler,
+            problems: list[str] = []
+            frames, valid = pipe.generate_batch(x, steps=sampling["steps"], guidance=sampling["guidance"],
+                                                method=sampling["method"], problems=problems,
+                                                seed=[item_seed(seed, it.subject_id) for it in kept],
                                                 rpeaks=[e.rpeaks for e in ecgs])
-            for (sid, path, stem), video, ok, dt in zip(kept, frames, valid, intervals):
+            for item, video, ok, why, dt in zip(kept, frames, valid, problems, intervals):
                 if not ok:
-                    failed.append((sid, str(path), f"{path}: no usable cardiac cycle (NaN, flat or no R-peaks)"))
+                    failed.append((item.subject_id, item.ecg, f"{item.ecg}: {why}"))
                     continue
-                _write_outputs(stem, video, formats, spacing, dt, fps=min(50.0, 1.0 / dt))
+                _write_outputs(item.stem, video, formats, spacing, dt, fps=min(50.0, 1.0 / dt))
                 generated += 1
-        bar.update(len(chunk))
+        bar.update(len(batch))
+
+    batch: list[_Item] = []
+    for index, item in enumerate(_items(ecg, out)):
+        if index % world != rank:
+            continue
+        if item.problem is not None:
+            failed.append((item.subject_id, item.ecg, item.problem))
+        elif done(item.stem):
+            skipped += 1
+        else:
+            batch.append(item)
+            if len(batch) == batch_size:
+                run(batch)
+                batch = []
+    if batch:
+        run(batch)
     bar.close()
     failed_name = "failed.csv" if world == 1 else f"failed-rank{rank}.csv"
-    with atomic_file(out / failed_name) as tmp, open(tmp, "w", newline="") as fh:
+    _write_failed(out / failed_name, failed)
+    if single and failed:
+        raise InputError(ecg, failed[0][2].removeprefix(f"{ecg}: "))
+    t = pipe.timings
+    return GenerateSummary(out, generated, skipped, len(failed), time.perf_counter() - start,
+                           {"read": t.read, "encode_ecg": t.encode_ecg, "sample": t.sample, "decode": t.decode})
+
+
+def _write_failed(path: Path, failed: list[tuple[str, str, str]]) -> None:
+    """failed.csv: one row per refused item; cells that a spreadsheet would run as formulas are escaped."""
+    from ecgflowcmr.io.manifest import spreadsheet_safe
+
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["subject_id", "ecg_path", "reason"])
-        writer.writerows(failed)
-    t = pipe.timings
-    return GenerateSummary(out, generated, len(items) - len(todo), len(failed), time.perf_counter() - start,
-                           {"read": t.read, "encode_ecg": t.encode_ecg, "sample": t.sample, "decode": t.decode})
+        writer.writerows([spreadsheet_safe(cell) for cell in row] for row in failed)
 
 
 def _is_tty() -> bool:

@@ -131,8 +131,8 @@ def read_cine(
     side in mm, or None for a tight crop around the heart. Raises InputError for an unusable file.
     """
     path = Path(path)
-    if fov_mm is not None and not fov_mm > 0:
-        raise ValueError(f"fov_mm must be positive or None, got {fov_mm}")
+    if fov_mm is not None and not 0 < fov_mm < float("inf"):
+        raise InputError("fov_mm", f"must be a positive number or None, got {fov_mm}")
     fmt = _cine_format(path, format)
     raw = _READERS[fmt](path)
     _check_frames(path, raw.frames)
@@ -142,6 +142,9 @@ def read_cine(
         if labels.shape[1:] != raw.frames.shape[1:]:
             raise InputError(mask, f"mask is {labels.shape[1]}×{labels.shape[2]} pixels but the cine "
                              f"is {raw.frames.shape[1]}×{raw.frames.shape[2]}")
+        if labels.shape[0] not in (1, raw.frames.shape[0]):
+            raise InputError(mask, f"mask has {labels.shape[0]} frames but the cine has {raw.frames.shape[0]} "
+                             "(expected 1 or the same number)")
     return _canonicalize(raw, path, fmt, labels, fov_mm)
 
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,15 @@ import numpy as np
 
 from ecgflowcmr.canonical import SIZE
 from ecgflowcmr.errors import InputError
+from ecgflowcmr.limits import (
+    CINE_MAX_ARCHIVE_BYTES,
+    CINE_MAX_FILES,
+    CINE_MAX_FRAMES,
+    CINE_MAX_SIDE,
+    CINE_MAX_VOXELS,
+    check_count,
+    check_regular_file,
+)
 
 MIN_FRAMES: int = 10
 """Fewer source frames than this cannot describe a cardiac cycle: refused."""
@@ -35,7 +47,17 @@ UKB_MIXED_LAX_SERIES: str = "CINE_segmented_LAX"
 """A mixed long-axis series: 3×T images in the order 3Ch, 4Ch, 2Ch (docs/formats.md)."""
 CANONICAL_DESCRIP: str = "ecgflowcmr cine [0,1]"
 """NIfTI ``descrip`` of a cine written by :func:`write_cine`: values in [0, 1], read back as written."""
-_MAX_ZIP_BYTES = 2 << 30
+SPACING_RANGE_MM: tuple[float, float] = (0.1, 10.0)
+"""Accepted in-plane pixel spacing: clinical cines use 0.6–3 mm; outside this the header is wrong (or in
+metres or microns)."""
+MASK_LABELS: int = 5
+"""Mask labels are 0 (background) to 5 (RA); anything else is another labelling scheme: refused."""
+NIFTI_ERRORS = (OSError, EOFError, ValueError, TypeError, IndexError, struct.error, zlib.error)
+"""What nibabel raises for corrupt or truncated files (its ImageFileError is added where it is imported)."""
+DICOM_ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError, OSError, EOFError,
+                ZeroDivisionError, OverflowError, NotImplementedError, RuntimeError)
+"""What pydicom raises for malformed elements or pixel data it cannot decode (RuntimeError: no handler)."""
+ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zlib.error)
 
 
 @dataclass
@@ -53,21 +75,56 @@ class _RawCine:
 # --------------------------------------------------------------------------- format readers
 
 
-def _read_nifti(path: Path) -> _RawCine:
+def _load_nifti(path: Path, what: str = "cine") -> Any:
+    """nibabel's image with its header checked: voxel count, voxel type and affine, before any data is read."""
     import nibabel as nib
 
     try:
         img = nib.load(str(path))
-        data = np.asarray(img.dataobj)
-    except Exception as err:  # nibabel raises many types for corrupt files
+        shape = tuple(int(n) for n in img.header.get_data_shape())
+        dtype = img.header.get_data_dtype()
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except (nib.filebasedimages.ImageFileError, *NIFTI_ERRORS) as err:
         raise InputError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from None
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        kind = "RGB" if dtype.fields is not None else ("complex" if dtype.kind == "c" else str(dtype))
+        raise InputError(path, f"{kind} voxels ({dtype}); a {what} holds one real value per voxel")
+    check_count(path, "voxels", float(np.prod(shape, dtype=np.float64)), CINE_MAX_VOXELS)
+    if not np.isfinite(affine).all():
+        raise InputError(path, "the header's affine holds NaN or infinity")
+    return img
+
+
+def _nifti_data(img: Any, path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    try:
+        return np.asarray(img.dataobj)
+    except (nib.filebasedimages.ImageFileError, *NIFTI_ERRORS) as err:
+        raise InputError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from None
+
+
+def _check_spacing(path: Path | str, spacing: tuple[float, float]) -> None:
+    lo, hi = SPACING_RANGE_MM
+    if not all(lo <= s <= hi for s in spacing):
+        raise InputError(path, f"pixel spacing {spacing[0]:g} × {spacing[1]:g} mm outside {lo:g}–{hi:g} mm")
+
+
+def _check_cine_shape(path: Path | str, t: int, h: int, w: int) -> None:
+    check_count(path, "frames", t, CINE_MAX_FRAMES)
+    check_count(path, "rows", h, CINE_MAX_SIDE)
+    check_count(path, "columns", w, CINE_MAX_SIDE)
+    check_count(path, "voxels (frames × rows × columns)", float(t) * h * w, CINE_MAX_VOXELS)
+
+
+def _read_nifti(path: Path) -> _RawCine:
+    img = _load_nifti(path)
     header = img.header
     zooms = [float(z) for z in header.get_zooms()]
     _, time_unit = header.get_xyzt_units()
-    shape = data.shape
+    shape = tuple(int(n) for n in header.get_data_shape())
     while len(shape) > 4 and shape[-1] == 1:
         shape = shape[:-1]
-    data = data.reshape(shape)
     dims = "×".join(str(s) for s in shape)
     if len(shape) < 3:
         raise InputError(path, f"a single 2-D image ({dims}), not a cine (expected X×Y×1×T)")
@@ -75,7 +132,6 @@ def _read_nifti(path: Path) -> _RawCine:
         if time_unit == "unknown":
             raise InputError(path, f"3-D volume {dims} with no time axis (third axis spacing "
                              f"{zooms[2]:g} mm), not a cine; expected X×Y×1×T (or X×Y×T with time units set)")
-        data = data[:, :, None, :]
         interval_raw = zooms[2]
     elif len(shape) == 4:
         if shape[2] > 1 and shape[3] == 1:
@@ -87,6 +143,11 @@ def _read_nifti(path: Path) -> _RawCine:
         interval_raw = zooms[3]
     else:
         raise InputError(path, f"{len(shape)}-D array {dims}, not a cine (expected X×Y×1×T)")
+    _check_cine_shape(path, shape[-1], shape[1], shape[0])
+    _check_spacing(path, (zooms[1], zooms[0]))
+    data = _nifti_data(img, path).reshape(shape)
+    if len(shape) == 3:
+        data = data[:, :, None, :]
     frames = np.ascontiguousarray(data[:, :, 0, :].transpose(2, 1, 0)).astype(np.float32)  # (T, H, W)
     flags: list[str] = []
     interval = _frame_interval_s(interval_raw, time_unit, frames.shape[0], flags)
@@ -119,14 +180,19 @@ def _frame_interval_s(value: float, unit: str, n_frames: int, flags: list[str]) 
 
 
 def _read_npy(path: Path) -> _RawCine:
+    from ecgflowcmr.io.formats import NUMPY_ERRORS, numpy_arrays
+
+    name, (shape, _) = next(iter(numpy_arrays(path, max_bytes=8 * CINE_MAX_VOXELS).items()))
+    if len(shape) in (3, 4):
+        _check_cine_shape(path, int(np.prod(shape[:-2])), shape[-2], shape[-1])
     try:
         if path.name.lower().endswith(".npz"):
             with np.load(path, allow_pickle=False) as npz:
-                data = npz[next(iter(npz.keys()))]
+                data = npz[name]
         else:
             data = np.load(path, allow_pickle=False)
-    except Exception as err:  # numpy raises several types for corrupt files
-        raise InputError(path, f"not a readable numpy file ({type(err).__name__})") from None
+    except NUMPY_ERRORS as err:
+        raise InputError(path, f"not a readable numpy file ({type(err).__name__}: {err})") from None
     if data.ndim == 4 and 1 in data.shape[:2]:
         data = data.reshape(-1, *data.shape[2:])  # (1, T, H, W) or (T, 1, H, W)
     if data.ndim != 3:
@@ -142,17 +208,33 @@ def _read_dicom_folder(path: Path) -> _RawCine:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    files = []
+    for root, _, names in os.walk(path, onerror=lambda err: _raise_walk(path, err)):  # never follows links
+        files += [Path(root) / name for name in names]
+        check_count(path, "files in the series folder", len(files), CINE_MAX_FILES)
+    total, regular = 0, []
+    for file in sorted(files):
+        try:
+            st = check_regular_file(file)
+        except InputError:
+            continue  # a FIFO, a dangling or looping link: not part of the series (and never opened)
+        total += st.st_size
+        check_count(path, "bytes in the series folder", total, CINE_MAX_ARCHIVE_BYTES)
+        if st.st_size:
+            regular.append(file)
     items = []
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        if file.stat().st_size == 0:
-            continue
+    for file in regular:
         try:
             items.append((file.name, pydicom.dcmread(file)))
         except InvalidDicomError:
             continue  # a manifest, a README, a thumbnail: not part of the series
-        except Exception as err:
+        except DICOM_ERRORS as err:
             raise InputError(file, f"unreadable DICOM file ({type(err).__name__}: {err})") from None
     return _series_to_raw(path, items, {}, require_4ch=False)
+
+
+def _raise_walk(path: Path, err: OSError) -> None:
+    raise InputError(path, f"cannot list the series folder ({err.strerror or err})")
 
 
 def _read_ukb_zip(path: Path) -> _RawCine:
@@ -160,21 +242,25 @@ def _read_ukb_zip(path: Path) -> _RawCine:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    from ecgflowcmr.io.formats import check_zip_member
+
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as err:
+    except ZIP_ERRORS as err:
         raise InputError(path, f"not a readable zip archive ({err})") from None
     with zf:
         members = [m for m in zf.infolist() if not m.is_dir()]
-        if sum(m.file_size for m in members) > _MAX_ZIP_BYTES:
-            raise InputError(path, "zip expands to more than 2 GiB; not a single cine")
+        check_count(path, "zip entries", len(members), CINE_MAX_FILES)
+        check_count(path, "uncompressed bytes", sum(m.file_size for m in members), CINE_MAX_ARCHIVE_BYTES)
+        for member in members:
+            check_zip_member(path, member)
         descriptions: dict[str, str] = {}
         items = []
         for member in members:
             base = member.filename.rsplit("/", 1)[-1]
             try:
                 blob = zf.read(member)
-            except (zipfile.BadZipFile, OSError, ValueError) as err:
+            except ZIP_ERRORS as err:
                 raise InputError(f"{path}:{member.filename}", f"unreadable zip member ({err})") from None
             if base.lower() in ("manifest.csv", "manifest.cvs"):
                 descriptions = _parse_ukb_manifest(blob.decode("latin-1"))
@@ -183,7 +269,7 @@ def _read_ukb_zip(path: Path) -> _RawCine:
                 items.append((base, pydicom.dcmread(io.BytesIO(blob))))
             except InvalidDicomError:
                 continue
-            except Exception as err:
+            except DICOM_ERRORS as err:
                 raise InputError(f"{path}:{member.filename}", f"unreadable DICOM ({type(err).__name__})") from None
     return _series_to_raw(path, items, descriptions, require_4ch=True)
 
@@ -229,6 +315,15 @@ def _description(name: str, ds: Any, manifest: dict[str, str]) -> str:
 
 def _series_to_raw(where: Path, items: list, manifest: dict[str, str], require_4ch: bool) -> _RawCine:
     """Choose the four-chamber series among DICOM datasets, order its frames, fill small gaps."""
+    try:
+        return _choose_series(where, items, manifest, require_4ch)
+    except InputError:  # a ValueError too: pass it through unwrapped
+        raise
+    except DICOM_ERRORS as err:  # a malformed element (e.g. TriggerTime "abc") read as a number
+        raise InputError(where, f"malformed DICOM series ({type(err).__name__}: {err})") from None
+
+
+def _choose_series(where: Path, items: list, manifest: dict[str, str], require_4ch: bool) -> _RawCine:
     items = [(n, ds) for n, ds in items if "PixelData" in ds and int(getattr(ds, "NumberOfFrames", 1) or 1) == 1]
     if not items:
         raise InputError(where, "no DICOM images found")
@@ -253,6 +348,7 @@ def _series_to_raw(where: Path, items: list, manifest: dict[str, str], require_4
         key = last(mixed)
         chosen = sorted(groups[key], key=lambda it: int(getattr(it[1], "InstanceNumber", 0) or 0))
         t = int(getattr(chosen[0][1], "CardiacNumberOfImages", 0) or 0)
+        check_count(where, "CardiacNumberOfImages", t, CINE_MAX_FRAMES)
         if t <= 0 or len(chosen) != 3 * t:
             raise InputError(where, f"mixed {UKB_MIXED_LAX_SERIES} series holds {len(chosen)} images, "
                              f"not 3 × CardiacNumberOfImages ({t}); cannot find the four-chamber view")
@@ -284,6 +380,11 @@ def _assemble_series(where: Path, items: list) -> _RawCine:
     n = len(items)
     t_declared = int(getattr(items[0][1], "CardiacNumberOfImages", 0) or 0)
     t = t_declared if t_declared > 0 else n
+    first = items[0][1]
+    rows, cols = int(first.Rows), int(first.Columns)
+    _check_cine_shape(f"{where} (CardiacNumberOfImages, Rows, Columns)", t, rows, cols)
+    if int(getattr(first, "SamplesPerPixel", 1) or 1) != 1:
+        raise InputError(where, f"{first.SamplesPerPixel} samples per pixel (colour); a cine is grey-level")
     if n > t:
         raise InputError(where, f"series holds {n} frames but CardiacNumberOfImages is {t}")
     if t < MIN_FRAMES:
@@ -302,15 +403,17 @@ def _assemble_series(where: Path, items: list) -> _RawCine:
         shown = ", ".join(str(m) for m in missing[:8]) + (" …" if len(missing) > 8 else "")
         raise InputError(where, f"series has {n} of {t} frames ({len(missing)} missing: {shown}); "
                          f"at most {MAX_MISSING_FRAMES} can be filled")
-    first = items[0][1]
-    rows, cols = int(first.Rows), int(first.Columns)
     images: list[np.ndarray | None] = [None] * t
     for slot, (name, ds) in zip(slots, items):
         if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
             raise InputError(where, f"{name} is {ds.Rows}×{ds.Columns} but the series is {rows}×{cols}")
+        if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
+            raise InputError(where, f"{name}: {ds.SamplesPerPixel} samples per pixel (colour); a cine is grey-level")
         try:
             pixels = ds.pixel_array.astype(np.float32)
-        except Exception as err:  # no decoder for the transfer syntax, or corrupt pixel data
+            if pixels.shape != (rows, cols):
+                raise ValueError(f"decoded pixels are {pixels.shape}, the header says {rows}×{cols}")
+        except DICOM_ERRORS as err:  # no decoder for the transfer syntax, or corrupt pixel data
             raise InputError(where, f"{name}: cannot decode pixel data ({type(err).__name__}: {err}); "
                              "compressed DICOM needs pylibjpeg or gdcm") from None
         slope = float(getattr(ds, "RescaleSlope", 1) or 1)
@@ -322,10 +425,11 @@ def _assemble_series(where: Path, items: list) -> _RawCine:
         images[m] = images[source]
         flags.append(f"filled missing frame {m} with frame {source}")
     frames = np.stack(images)  # type: ignore[arg-type]
-    spacing = tuple(float(v) for v in getattr(first, "PixelSpacing", [0, 0]))
-    if len(spacing) != 2 or min(spacing) <= 0:
+    spacing = tuple(float(v) for v in getattr(first, "PixelSpacing", None) or [])
+    if len(spacing) != 2:
         flags.append(f"PixelSpacing missing: assumed {DEFAULT_SPACING_MM} mm")
         spacing = (DEFAULT_SPACING_MM, DEFAULT_SPACING_MM)
+    _check_spacing(where, (spacing[0], spacing[1]))
     return _RawCine(frames, (spacing[0], spacing[1]), dt_ms / 1000.0, _dicom_affine(first, spacing), flags)
 
 
@@ -349,16 +453,14 @@ def _dicom_affine(ds: Any, spacing: tuple[float, float]) -> np.ndarray:
 
 def _read_labels(path: Path) -> np.ndarray:
     """Mask (T_m, H, W) uint8 from NIfTI (X×Y, X×Y×1, X×Y×1×T) or .npy ((H, W) or (T, H, W))."""
-    if not path.exists():
-        raise InputError(path, "mask file not found")
-    if path.stat().st_size == 0:
+    from ecgflowcmr.io.formats import NUMPY_ERRORS, numpy_arrays
+
+    if check_regular_file(path, "mask file").st_size == 0:
         raise InputError(path, "mask file is empty")
     name = path.name.lower()
     try:
         if name.endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            data = np.asarray(nib.load(str(path)).dataobj)
+            data = _nifti_data(_load_nifti(path, "mask"), path)
             if data.ndim == 4 and data.shape[2] == 1:
                 data = data[:, :, 0, :].transpose(2, 1, 0)
             elif data.ndim == 3 and data.shape[2] == 1:
@@ -368,6 +470,7 @@ def _read_labels(path: Path) -> np.ndarray:
             else:
                 raise InputError(path, f"mask of shape {data.shape} (expected X×Y×1 or X×Y×1×T)")
         elif name.endswith(".npy"):
+            numpy_arrays(path, max_bytes=8 * CINE_MAX_VOXELS)
             data = np.load(path, allow_pickle=False)
             data = data[None] if data.ndim == 2 else data
             if data.ndim != 3:
@@ -376,9 +479,14 @@ def _read_labels(path: Path) -> np.ndarray:
             raise InputError(path, "mask must be NIfTI or .npy")
     except InputError:
         raise
-    except Exception as err:
+    except NUMPY_ERRORS as err:
         raise InputError(path, f"unreadable mask ({type(err).__name__}: {err})") from None
     data = np.asarray(data)
-    if not np.isfinite(data).all() or data.min() < 0 or data.max() > 255:
-        raise InputError(path, "mask values must be labels 0–5")
-    return np.ascontiguousarray(np.round(data).astype(np.uint8))
+    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+        raise InputError(path, f"mask of dtype {data.dtype}: expected integer labels 0–{MASK_LABELS}")
+    _check_cine_shape(path, *data.shape)
+    if data.size and not (np.isfinite(data).all() and data.min() >= 0 and data.max() <= MASK_LABELS
+                          and (data == np.round(data)).all()):
+        raise InputError(path, f"mask values must be integer labels 0–{MASK_LABELS} "
+                         f"(found {np.unique(data[np.isfinite(data)])[:8].tolist()} …)")
+    return np.ascontiguousarray(data.astype(np.uint8))

@@ -201,9 +201,13 @@ def inspect_ecg(path: str | Path, *, fs: float | None = None, format: str | None
         quality, done = ecg.quality, [f for f in ecg.flags if f not in ecg.quality["flags"]]
     except InputError as err:
         error = err.problem
-        loose = _loose_canonical(decoded)  # as far as it goes: unknown leads dropped, missing ones NaN
-        quality = ecg_quality(loose, decoded.fs)
         done = decoded.flags
+        if MIN_FS <= decoded.fs <= MAX_FS:
+            loose = _loose_canonical(decoded)  # as far as it goes: unknown leads dropped, missing ones NaN
+            quality = ecg_quality(loose, decoded.fs)
+        else:  # no filter or R-peak detector works at such a rate: nothing more to measure
+            quality = {"flags": [error], "heart_rate_bpm": None, "n_beats": 0, "max_amplitude_mv": None,
+                       "einthoven_residual": None, "goldberger_residual": None, "augmented_residual": None}
     return {
         "path": str(path),
         "format": decoded.format,
@@ -423,8 +427,13 @@ def _decode(path: Path, *, fs: float | None, format: str | None) -> _Decoded:
     decoders = {"wfdb": _decode_wfdb, "ukb_xml": _decode_ukb_xml, "muse_xml": _decode_muse_xml,
                 "dicom_ecg": _decode_dicom}  # fmt: skip
     if fmt == "npy_ecg":
-        return _decode_numpy(path, fs, LEADS)
+        decoded = _decode_numpy(path, fs, LEADS)
+        if not (np.isfinite(decoded.fs) and decoded.fs > 0):
+            raise InputError(path, f"sampling rate {decoded.fs:g} Hz is not a positive number")
+        return decoded
     decoded = decoders[fmt](path)
+    if not (np.isfinite(decoded.fs) and decoded.fs > 0):
+        raise InputError(path, f"sampling rate {decoded.fs:g} Hz is not a positive number")
     if fs is not None and abs(fs - decoded.fs) > 1e-6 * decoded.fs:
         raise InputError(path, f"the file says {decoded.fs:g} Hz but fs={fs:g} was given")
     if decoded.signal.ndim != 2 or decoded.signal.shape[1] == 0:

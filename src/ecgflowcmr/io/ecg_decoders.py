@@ -19,6 +19,22 @@ from typing import Any
 import numpy as np
 
 from ecgflowcmr.errors import InputError
+from ecgflowcmr.limits import (
+    ECG_MAX_CHANNELS,
+    ECG_MAX_FILE_BYTES,
+    ECG_MAX_SAMPLES,
+    check_count,
+    check_regular_file,
+)
+
+WFDB_ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError, OSError, EOFError,
+               ZeroDivisionError, OverflowError)
+"""What ``wfdb`` raises for malformed headers and data files (it validates little itself)."""
+DICOM_ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError, OSError, EOFError,
+                ZeroDivisionError, OverflowError, NotImplementedError)
+"""What ``pydicom`` raises for malformed elements, unsupported encodings or truncated data."""
+MAX_HEADER_BYTES = 1 << 20
+"""A WFDB header: one line per signal plus comments; 1 MiB is far more than any real one."""
 
 _MV_PER_UNIT: dict[str, float] = {
     "nv": 1e-6, "nanovolt": 1e-6, "nanovolts": 1e-6,
@@ -51,16 +67,22 @@ def _decode_wfdb(path: Path) -> _Decoded:
 
     base = path.with_suffix("") if path.suffix.lower() in (".hea", ".dat") else path
     header = base.with_name(base.name + ".hea")
-    if not header.exists():
-        raise InputError(path, "WFDB header (.hea) not found")
-    if header.stat().st_size == 0:
+    size = check_regular_file(header, "WFDB header (.hea)").st_size
+    if size == 0:
         raise InputError(header, "file is empty")
+    if size > MAX_HEADER_BYTES:
+        raise InputError(header, f"a {size:,}-byte WFDB header is not an ECG header")
     fast = _read_wfdb_format16(header, path)
     if fast is not None:
         return fast
     try:
+        meta = wfdb.rdheader(str(base))
+    except WFDB_ERRORS as err:
+        raise InputError(header, f"unreadable WFDB header ({type(err).__name__}: {err})") from None
+    _check_wfdb_header(meta, header)
+    try:
         rec = wfdb.rdrecord(str(base))
-    except Exception as err:  # wfdb raises many types for broken headers/data
+    except WFDB_ERRORS as err:
         raise InputError(path, f"unreadable WFDB record ({type(err).__name__}: {err})") from None
     if rec.p_signal is None or rec.n_sig == 0:
         raise InputError(path, "WFDB record holds no signals")
@@ -70,6 +92,25 @@ def _decode_wfdb(path: Path) -> _Decoded:
     scale = np.array([_mv_per_unit(u or "mV", path, f"lead {n}") for u, n in zip(units, rec.sig_name)])
     signal = rec.p_signal.T.astype(np.float64) * scale[:, None]
     return _Decoded(signal, float(rec.fs), list(rec.sig_name), "wfdb")
+
+
+def _check_wfdb_header(meta: Any, header: Path) -> None:
+    """Sizes and data file names a header declares, checked before ``rdrecord`` reads anything."""
+    if getattr(meta, "n_seg", None) not in (None, 1) or getattr(meta, "seg_name", None):
+        raise InputError(header, "multi-segment WFDB records are not supported")
+    check_count(header, "signal count", meta.n_sig or 0, ECG_MAX_CHANNELS)
+    check_count(header, "samples per signal", meta.sig_len or 0, ECG_MAX_SAMPLES)
+    for name in set(meta.file_name or []):
+        _wfdb_data_file(header, name)
+
+
+def _wfdb_data_file(header: Path, name: str) -> Path:
+    """The data file a header names: a plain name beside the header, a regular file (never a FIFO)."""
+    if not name or name != Path(name).name or name in (".", "..") or "\0" in name:
+        raise InputError(header, f"data file name {name!r} must be a plain file name beside the header")
+    dat = header.with_name(name)
+    check_regular_file(dat, "WFDB data file")
+    return dat
 
 
 def _read_wfdb_format16(header: Path, path: Path) -> _Decoded | None:
@@ -90,6 +131,8 @@ def _read_wfdb_format16(header: Path, path: Path) -> _Decoded | None:
     if len(record) < 4 or "/" in record[0] or not _is_number(record[2]) or not record[3].isdigit():
         return None
     n_sig, fs, n_samples = int(record[1]) if record[1].isdigit() else -1, float(record[2]), int(record[3])
+    check_count(header, "signal count", n_sig, ECG_MAX_CHANNELS)
+    check_count(header, "samples per signal", n_samples, ECG_MAX_SAMPLES)
     signal_lines = [ln.split(maxsplit=8) for ln in lines[1:]]
     if n_sig < 1 or len(signal_lines) != n_sig or any(len(f) != 9 or f[1] != "16" for f in signal_lines):
         return None
@@ -105,10 +148,10 @@ def _read_wfdb_format16(header: Path, path: Path) -> _Decoded | None:
         baselines.append(int(m.group(2)) if m.group(2) is not None else int(f[4]))
         units.append(m.group(3) or "mV")
         names.append(f[8].strip())
-    dat = header.with_name(next(iter(files)))
-    if len(files) != 1 or not dat.exists():
+    if len(files) != 1:
         return None
-    digital = np.fromfile(dat, dtype="<i2")
+    dat = _wfdb_data_file(header, next(iter(files)))
+    digital = np.fromfile(dat, dtype="<i2", count=n_samples * n_sig)
     if digital.size < n_samples * n_sig:
         raise InputError(dat, f"holds {digital.size // n_sig} samples per lead, the header says {n_samples} (truncated?)")
     digital = digital[: n_samples * n_sig].reshape(n_samples, n_sig).T
@@ -131,6 +174,8 @@ def _parse_xml(path: Path) -> Any:
     import defusedxml
     import defusedxml.ElementTree as SafeET
 
+    size = check_regular_file(path).st_size
+    check_count(path, "file bytes", size, ECG_MAX_FILE_BYTES)
     data = path.read_bytes()
     if not data.strip():
         raise InputError(path, "file is empty")
@@ -149,6 +194,22 @@ def _float(text: str | None, path: Path, what: str) -> float:
         raise InputError(path, f"{what}: expected a number, got {text!r}") from None
 
 
+def _scale(text: str | None, path: Path, what: str) -> float:
+    """An amplitude resolution (units per count): finite and > 0 (a negative one would flip the ECG)."""
+    value = _float(text, path, what)
+    if not (np.isfinite(value) and value > 0):
+        raise InputError(path, f"{what}: expected a positive resolution, got {(text or '').strip()!r}")
+    return value
+
+
+def _count(text: str | None, path: Path, what: str) -> int:
+    """A sample count written in a file: a finite integer ≥ 0 (``nan``, ``inf``, ``-3``, ``2.5`` refused)."""
+    value = _float(text, path, what)
+    if not (np.isfinite(value) and value >= 0 and value == int(value)):
+        raise InputError(path, f"{what}: expected a sample count, got {(text or '').strip()!r}")
+    return int(value)
+
+
 def _decode_ukb_xml(path: Path) -> _Decoded:
     """UK Biobank CardioSoft XML (field 20205): ``StripData`` rhythm strip, counts × Resolution (µV/LSB)."""
     root = _parse_xml(path)
@@ -165,7 +226,7 @@ def _decode_ukb_xml(path: Path) -> _Decoded:
     if res is None or not (res.get("units") or "").strip():
         raise InputError(path, "StripData has no Resolution with units: cannot scale counts to mV")
     unit = re.sub(r"\s*per\s*lsb\s*$", "", res.get("units", ""), flags=re.IGNORECASE)
-    mv_per_count = _float(res.text, path, "StripData/Resolution") * _mv_per_unit(unit, path, "Resolution")
+    mv_per_count = _scale(res.text, path, "StripData/Resolution") * _mv_per_unit(unit, path, "Resolution")
     names, rows = [], []
     for wave in strip.findall("WaveformData"):
         name = (wave.get("lead") or "").strip()
@@ -181,7 +242,7 @@ def _decode_ukb_xml(path: Path) -> _Decoded:
         raise InputError(path, "StripData holds no WaveformData")
     signal = _stack_equal(rows, names, path)
     total = strip.findtext("ChannelSampleCountTotal")
-    if total is not None and int(_float(total, path, "ChannelSampleCountTotal")) != signal.shape[1]:
+    if total is not None and _count(total, path, "ChannelSampleCountTotal") != signal.shape[1]:
         raise InputError(path, f"leads hold {signal.shape[1]} samples but ChannelSampleCountTotal says "
                                f"{total.strip()} (truncated?)")  # fmt: skip
     return _Decoded(signal, fs, names, "ukb_xml")
@@ -195,11 +256,14 @@ def _decode_muse_xml(path: Path) -> _Decoded:
         raise InputError(path, "MUSE XML without a Rhythm Waveform")
     wave = rhythm[0]
     fs = _float(wave.findtext("SampleBase"), path, "Waveform/SampleBase")
-    fs *= 10.0 ** _float(wave.findtext("SampleExponent") or "0", path, "Waveform/SampleExponent")
+    exponent = _float(wave.findtext("SampleExponent") or "0", path, "Waveform/SampleExponent")
+    if not -3 <= exponent <= 3:  # MUSE writes 0; 10^±3 already spans every plausible rate
+        raise InputError(path, f"Waveform/SampleExponent {exponent:g} is not a plausible power of ten")
+    fs *= 10.0**exponent
     names, rows = [], []
     for lead in wave.iter("LeadData"):
         name = (lead.findtext("LeadID") or "").strip()
-        gain = _float(lead.findtext("LeadAmplitudeUnitsPerBit"), path, f"lead {name} LeadAmplitudeUnitsPerBit")
+        gain = _scale(lead.findtext("LeadAmplitudeUnitsPerBit"), path, f"lead {name} LeadAmplitudeUnitsPerBit")
         unit = _mv_per_unit(lead.findtext("LeadAmplitudeUnits") or "", path, f"lead {name} LeadAmplitudeUnits")
         try:
             raw = base64.b64decode("".join((lead.findtext("WaveFormData") or "").split()), validate=True)
@@ -209,7 +273,7 @@ def _decode_muse_xml(path: Path) -> _Decoded:
             raise InputError(path, f"lead {name}: odd byte count {len(raw)} for int16 samples (truncated?)")
         counts = np.frombuffer(raw, dtype="<i2").astype(np.float64)
         expected = lead.findtext("LeadSampleCountTotal")
-        if expected is not None and int(_float(expected, path, "LeadSampleCountTotal")) != counts.size:
+        if expected is not None and _count(expected, path, "LeadSampleCountTotal") != counts.size:
             raise InputError(path, f"lead {name}: {counts.size} samples, LeadSampleCountTotal says {expected}")
         names.append(name)
         rows.append(counts * gain * unit)
@@ -223,10 +287,20 @@ def _decode_dicom(path: Path) -> _Decoded:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    check_count(path, "file bytes", check_regular_file(path).st_size, ECG_MAX_FILE_BYTES)
     try:
         ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as err:
+    except (InvalidDicomError, *DICOM_ERRORS) as err:
         raise InputError(path, f"unreadable DICOM ({type(err).__name__}: {err})") from None
+    try:
+        return _dicom_waveform(ds, path)
+    except InputError:  # a ValueError too: pass it through unwrapped
+        raise
+    except DICOM_ERRORS as err:  # a malformed element deep in the sequence
+        raise InputError(path, f"malformed DICOM waveform ({type(err).__name__}: {err})") from None
+
+
+def _dicom_waveform(ds: Any, path: Path) -> _Decoded:
     if "WaveformSequence" not in ds or not ds.WaveformSequence:
         raise InputError(path, "DICOM file holds no WaveformSequence (an image, not an ECG waveform)")
     groups = list(ds.WaveformSequence)
@@ -240,6 +314,12 @@ def _decode_dicom(path: Path) -> _Decoded:
     item = groups[index]
     if "SamplingFrequency" not in item:
         raise InputError(path, f"WaveformSequence[{index}] has no SamplingFrequency")
+    where = f"{path} (WaveformSequence[{index}])"
+    channels = int(item.get("NumberOfWaveformChannels", 0) or 0)
+    if channels < 1:
+        raise InputError(where, "NumberOfWaveformChannels is 0: no ECG channels")
+    check_count(where, "channel count", channels, ECG_MAX_CHANNELS)
+    check_count(where, "samples per channel", int(item.get("NumberOfWaveformSamples", 0) or 0), ECG_MAX_SAMPLES)
     names, scale = [], []
     for k, ch in enumerate(item.get("ChannelDefinitionSequence", [])):
         source = ch.get("ChannelSourceSequence", [])
@@ -247,13 +327,14 @@ def _decode_dicom(path: Path) -> _Decoded:
         units = ch.get("ChannelSensitivityUnitsSequence", [])
         if "ChannelSensitivity" not in ch or not units:
             raise InputError(path, f"channel {names[-1]!r} has no ChannelSensitivity/units: counts cannot be scaled")
+        _scale(str(ch.ChannelSensitivity), path, f"channel {names[-1]!r} ChannelSensitivity")
         scale.append(_mv_per_unit(str(units[0].get("CodeValue", "")), path, f"channel {names[-1]!r}"))
     try:
         arr = ds.waveform_array(index)
-    except (AttributeError, KeyError, ValueError) as err:
-        raise InputError(path, f"WaveformSequence[{index}] unreadable ({err})") from None
-    if arr.shape[1] != len(names):
-        raise InputError(path, f"{arr.shape[1]} channels but {len(names)} channel definitions")
+    except DICOM_ERRORS as err:
+        raise InputError(path, f"WaveformSequence[{index}] unreadable ({type(err).__name__}: {err})") from None
+    if arr.ndim != 2 or arr.shape[1] != len(names):
+        raise InputError(path, f"{arr.shape[1:]} channels but {len(names)} channel definitions")
     signal = arr.T.astype(np.float64) * np.asarray(scale)[:, None]
     return _Decoded(signal, float(item.SamplingFrequency), names, "dicom_ecg")
 
@@ -262,27 +343,37 @@ def _decode_numpy(path: Path, fs: float | None, leads: tuple[str, ...]) -> _Deco
     """``.npy`` (12, N) or (N, 12) in mV; ``.npz`` the same under ``ecg``/``signal`` (or its only array),
     optionally with ``fs`` and ``leads`` arrays beside it. ``leads``: the canonical order (``ecg.LEADS``),
     assumed when the file names none."""
+    from ecgflowcmr.io.formats import NUMPY_ERRORS, numpy_arrays
+
     names: list[str] | None = None
+    headers = numpy_arrays(path, max_bytes=ECG_MAX_FILE_BYTES)
+    keys = [k for k in ("ecg", "signal") if k in headers] or [k for k in headers if k not in ("fs", "leads")]
+    if len(keys) != 1:
+        raise InputError(path, f"npz holds arrays {list(headers)}: name the ECG 'ecg' or 'signal'")
+    shape = headers[keys[0]][0]
+    if len(shape) == 2:
+        check_count(path, "samples per lead", max(shape), ECG_MAX_SAMPLES)
+        check_count(path, "leads", min(shape), ECG_MAX_CHANNELS)
     try:
         if path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as npz:
-                keys = [k for k in ("ecg", "signal") if k in npz] or [k for k in npz if k not in ("fs", "leads")]
-                if len(keys) != 1 and not {"ecg", "signal"} & set(keys):
-                    raise InputError(path, f"npz holds arrays {list(npz)}: name the ECG 'ecg' or 'signal'")
                 arr = np.asarray(npz[keys[0]])
                 if fs is None and "fs" in npz:
-                    fs = float(npz["fs"])
+                    stored = np.asarray(npz["fs"])
+                    if stored.size != 1 or not np.issubdtype(stored.dtype, np.number):
+                        raise InputError(path, f"'fs' must be one number, got {stored.dtype} {stored.shape}")
+                    fs = float(stored.reshape(()))
                 if "leads" in npz:
-                    names = [str(n) for n in npz["leads"]]
+                    names = [str(n) for n in np.atleast_1d(npz["leads"])]
         else:
             arr = np.load(path, allow_pickle=False)
     except InputError:
         raise
-    except Exception as err:  # numpy raises several types for corrupt files
-        raise InputError(path, f"not a readable numpy file ({type(err).__name__})") from None
+    except NUMPY_ERRORS as err:
+        raise InputError(path, f"not a readable numpy file ({type(err).__name__}: {err})") from None
     if fs is None:
         raise InputError(path, "a .npy/.npz ECG carries no sampling rate: pass fs= (e.g. read_ecg(path, fs=500))")
-    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise InputError(path, f"expected a numeric (12, N) or (N, 12) array, got {arr.dtype} {arr.shape}")
     n_leads = len(names) if names else len(leads)
     flags = ["units assumed mV (numpy array)"]

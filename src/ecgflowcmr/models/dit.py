@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ecgflowcmr.canonical import N_FRAMES
 from ecgflowcmr.errors import ConfigError
+from ecgflowcmr.limits import check_model_sizes
 from ecgflowcmr.models.layers import MLP, Attention, sincos_position_embedding
 
 
@@ -51,6 +52,10 @@ class DiTConfig:
     """Space (2-D) and time (1-D) position embeddings: fixed sin-cos, or learned (initialised as sin-cos)."""
 
     def __post_init__(self) -> None:
+        check_model_sizes("model.dit.", self, widths=("latent_channels", "cond_dim", "width", "heads"),
+                          depths=("depth",), frames=("frames",), sides=("latent_size",))
+        if not 0 < self.mlp_ratio <= 64:
+            raise ConfigError("model.dit.mlp_ratio", f"must be in (0, 64], got {self.mlp_ratio}")
         for name in ("latent_channels", "frames", "latent_size", "cond_dim", "patch", "width", "depth", "heads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.dit.{name}", f"must be ≥ 1, got {getattr(self, name)}")
@@ -60,8 +65,6 @@ class DiTConfig:
             raise ConfigError("model.dit.heads", f"{self.heads} does not divide the width {self.width}")
         if self.width % 4:
             raise ConfigError("model.dit.width", f"must be a multiple of 4 (2-D sin-cos embedding), got {self.width}")
-        if self.mlp_ratio <= 0:
-            raise ConfigError("model.dit.mlp_ratio", f"must be > 0, got {self.mlp_ratio}")
         if self.attention == "alternating" and self.depth % 2:
             raise ConfigError("model.dit.depth", f"'alternating' attention needs an even depth, got {self.depth}")
 

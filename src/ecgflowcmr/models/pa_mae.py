@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ecgflowcmr.canonical import FS, LEADS, N_FRAMES, N_SAMPLES, TOKEN_STRIDE
 from ecgflowcmr.errors import ConfigError
+from ecgflowcmr.limits import ECG_MAX_SAMPLES, check_model_sizes, limit
 from ecgflowcmr.models.align import (
     align_cycles,
     align_unwrapped,
@@ -101,6 +102,10 @@ class PAMAEConfig:
     """A lead whose peak-to-peak amplitude is below this (mV) is treated as missing → ``valid`` False."""
 
     def __post_init__(self) -> None:
+        check_model_sizes("model.", self, widths=("width", "heads", "decoder_width", "decoder_heads", "leads"),
+                          depths=("depth", "decoder_depth"), frames=("frames",))
+        if self.samples > limit(ECG_MAX_SAMPLES):
+            raise ConfigError("model.samples", f"{self.samples:,} exceeds {limit(ECG_MAX_SAMPLES):,}")
         positive = ("width", "depth", "decoder_width", "decoder_depth", "patch", "leads", "samples", "frames")
         for name in positive:
             if getattr(self, name) < 1:

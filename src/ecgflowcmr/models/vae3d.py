@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ecgflowcmr.canonical import N_FRAMES, SIZE
 from ecgflowcmr.errors import ConfigError
+from ecgflowcmr.limits import check_model_sizes
 from ecgflowcmr.models.image_metrics import ssim
 
 
@@ -81,6 +82,11 @@ class VAEConfig:
 
     def __post_init__(self) -> None:
         self.channels, self.temporal_kernel = tuple(self.channels), tuple(self.temporal_kernel)
+        check_model_sizes("model.", self, widths=("in_channels", "latent_channels", "channels", "attention_heads",
+                                                  "disc_channels", "norm_groups"),
+                          depths=("num_blocks", "temporal_kernel"), frames=("frames",), sides=("size",))
+        if len(self.channels) > 8:
+            raise ConfigError("model.channels", f"{len(self.channels)} levels; at most 8 (2⁷× downsampling)")
         for name in ("in_channels", "latent_channels", "num_blocks", "norm_groups", "attention_heads", "frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name}", f"must be ≥ 1, got {getattr(self, name)}")

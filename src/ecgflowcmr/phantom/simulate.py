@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgflowcmr.atomic import atomic_file
+from ecgflowcmr.atomic import atomic_file, ensure_dir
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.io.cmr import write_nifti_cine
 from ecgflowcmr.io.ecg import write_wfdb
@@ -182,8 +182,8 @@ def make_cohort(out: str | Path, n: int, seed: int = 0, config: str | Path | Pha
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder")
-    (out / "ecg").mkdir(parents=True, exist_ok=True)
-    (out / "cmr").mkdir(parents=True, exist_ok=True)
+    ensure_dir(out / "ecg", "cohort folder")
+    ensure_dir(out / "cmr", "cohort folder")
 
     workers = min(workers, n)
     if workers == 1:

@@ -11,28 +11,31 @@ Layout::
 
 ``prepare`` works in ``STORE.partial/`` (preallocated arrays + an append-only log of finished items, so an
 interrupted run resumes where it stopped) and renames it to ``STORE`` only when complete: a store that
-exists is whole. :class:`StoreDataset` reads items by index with no per-item file parsing.
+exists is whole. The manifest is streamed three times (sizes, items, rows.csv), never held whole; free disk
+space is checked before the arrays are preallocated. :class:`StoreDataset` reads items by index with no per-item file parsing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import itertools
 import json
 import multiprocessing as mp
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ecgflowcmr.atomic import atomic_file, write_text_atomic
+from ecgflowcmr.atomic import atomic_file, ensure_dir, write_text_atomic
 from ecgflowcmr.canonical import LEADS, N_FRAMES, N_SAMPLES, SIZE
 from ecgflowcmr.errors import InputError
-from ecgflowcmr.io.manifest import PAIRED_SPLITS, SPLITS, Manifest, read_manifest
+from ecgflowcmr.io.manifest import PAIRED_SPLITS, SPLITS, Manifest, read_manifest, spreadsheet_safe
 
 STORE_VERSION = 1
 ECG_SHAPE = (len(LEADS), N_SAMPLES)
@@ -144,23 +147,30 @@ class PrepareSummary:
         return "\n".join(lines)
 
 
-def _split_rows(manifest: Manifest) -> tuple[dict[str, list[dict[str, str]]], list[tuple[str, str, str]]]:
-    """Rows per split; rows with an unknown split or a repeated subject_id are refused up front."""
-    per_split: dict[str, list[dict[str, str]]] = {s: [] for s in SPLITS}
-    refused: list[tuple[str, str, str]] = []
+def _classify(manifest: Manifest) -> Iterator[tuple[dict[str, str], str, int | None, str | None]]:
+    """Each manifest row (streamed) with its split, its position among the accepted rows of that split, and
+    why it is refused up front (unusable row, empty or repeated subject_id, unknown split) — position None
+    then. The same for every pass over the file, so passes agree on positions."""
     seen: set[str] = set()
-    for row in manifest.rows:
+    positions = dict.fromkeys(SPLITS, 0)
+    for line in manifest.iter_rows():
+        row = line.values
         sid, split = row["subject_id"], row["split"]
-        if not sid:
-            refused.append(("", split, f"{manifest.path}: row with empty subject_id"))
+        reason = None
+        if line.problem:
+            reason = f"{manifest.path} (line {line.line}): {line.problem}"
+        elif not sid:
+            reason = f"{manifest.path}: row with empty subject_id"
         elif sid in seen:
-            refused.append((sid, split, f"{manifest.path}: subject_id {sid!r} appears more than once"))
+            reason = f"{manifest.path}: subject_id {sid!r} appears more than once"
         elif split not in SPLITS:
-            refused.append((sid, split, f"{manifest.path}: unknown split {split!r} (expected one of {SPLITS})"))
-        else:
-            per_split[split].append(row)
+            reason = f"{manifest.path}: unknown split {split!r} (expected one of {SPLITS})"
         seen.add(sid)
-    return {s: r for s, r in per_split.items() if r}, refused
+        if reason is None:
+            yield row, split, positions[split], None
+            positions[split] += 1
+        else:
+            yield row, split, None, reason
 
 
 def prepare(manifest_path: str | Path, out: str | Path, workers: int = 1) -> PrepareSummary:
@@ -176,16 +186,22 @@ def prepare(manifest_path: str | Path, out: str | Path, workers: int = 1) -> Pre
         raise InputError(out, "a complete store already exists here (delete it to rebuild)")
     if out.exists():
         raise InputError(out, "exists and is not a store; choose a new folder")
-    per_split, refused = _split_rows(manifest)
+    sizes, refused = dict.fromkeys(SPLITS, 0), []
+    for row, split, _, reason in _classify(manifest):  # first pass: sizes, for the pre-allocation
+        if reason is None:
+            sizes[split] += 1
+        else:
+            refused.append((row["subject_id"], split, reason))
+    sizes = {split: n for split, n in sizes.items() if n}
     partial = out.with_name(out.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
+    ensure_dir(partial, "store folder")
     log_path = partial / "progress.jsonl"
     done = _read_progress(log_path)
 
-    arrays = {split: _open_partial_arrays(partial / split, len(rows), split in PAIRED_SPLITS)
-              for split, rows in per_split.items()}
-    tasks = [(row, i, split) for split, rows in per_split.items() for i, row in enumerate(rows)
-             if f"{split}/{i}" not in done]
+    _check_free_space(partial, sizes)
+    arrays = {split: _open_partial_arrays(partial / split, n, split in PAIRED_SPLITS) for split, n in sizes.items()}
+    tasks = ((row, position, split) for row, split, position, reason in _classify(manifest)  # second pass
+             if reason is None and f"{split}/{position}" not in done)
     with open(log_path, "a") as log:
         for split, item in _run_items(manifest, tasks, workers):
             if item.error is None:
@@ -202,21 +218,15 @@ def prepare(manifest_path: str | Path, out: str | Path, workers: int = 1) -> Pre
             done[record["key"]] = record
     del arrays  # close the memmaps before compaction
 
-    counts, skipped, handled = {}, list(refused), 0
-    for split, rows in per_split.items():
-        keep = []
-        for i, row in enumerate(rows):
-            record = done[f"{split}/{i}"]
-            if record["error"]:
-                skipped.append((row["subject_id"], split, record["error"]))
-            else:
-                notes = record["notes"]
-                handled += _was_adjusted(notes)
-                keep.append((i, {**row, **notes}))
-        _finish_split(partial / split, keep, split in PAIRED_SPLITS)
-        counts[split] = len(keep)
+    kept, failed, handled = _write_rows(partial, manifest, sizes, done)  # third pass
+    counts = {}
+    for split in sizes:
+        _compact(partial / split, kept[split], split in PAIRED_SPLITS)
+        counts[split] = len(kept[split])
+    skipped = refused + [item for split in sizes for item in failed[split]]
 
-    _write_csv(partial / "skipped.csv", ["subject_id", "split", "reason"], skipped)
+    _write_csv(partial / "skipped.csv", ["subject_id", "split", "reason"],
+               [[spreadsheet_safe(cell) for cell in row] for row in skipped])
     meta = {
         "version": STORE_VERSION,
         "created_by": "ecgflowcmr",
@@ -235,7 +245,7 @@ def prepare(manifest_path: str | Path, out: str | Path, workers: int = 1) -> Pre
     log_path.unlink()
     os.replace(partial, out)
     seconds = time.perf_counter() - start
-    n_items = sum(len(r) for r in per_split.values())
+    n_items = sum(sizes.values())
     return PrepareSummary(out, counts, skipped, handled, seconds, n_items / max(seconds, 1e-9))
 
 
@@ -257,6 +267,28 @@ def _read_progress(log_path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+def _item_bytes(paired: bool) -> int:
+    """Bytes one item takes in the store: ECG and phase float16, cine uint8 for the paired splits."""
+    return 2 * (ECG_SHAPE[0] * ECG_SHAPE[1] + ECG_SHAPE[1]) + (int(np.prod(CINE_SHAPE)) if paired else 0)
+
+
+def _check_free_space(partial: Path, counts: dict[str, int]) -> None:
+    """Refuse to start when the arrays would not fit on the disk. They are created sparse (memory-mapped)
+    and filled item by item: without this check a full disk surfaces as SIGBUS in the middle of a write."""
+    needed = 0
+    for split, n in counts.items():
+        for name in ("ecg", "phase", "cine"):
+            existing = partial / split / f"{name}.npy"
+            if existing.exists():  # a resumed run: count only what is still unwritten (blocks in use)
+                needed -= existing.stat().st_blocks * 512
+        needed += n * _item_bytes(split in PAIRED_SPLITS)
+    free = shutil.disk_usage(partial).free
+    margin = 64 << 20  # rows.csv, skipped.csv, the progress log and the compaction of refused items
+    if needed + margin > free:
+        raise InputError(partial, f"needs {(needed + margin) / 2**30:.2f} GiB of free disk space for "
+                         f"{sum(counts.values()):,} items, {free / 2**30:.2f} GiB is free")
+
+
 def _open_partial_arrays(folder: Path, n: int, paired: bool) -> dict[str, np.memmap]:
     folder.mkdir(parents=True, exist_ok=True)
     specs = {"ecg": (np.float16, (n, *ECG_SHAPE)), "phase": (np.float16, (n, ECG_SHAPE[1]))}
@@ -270,14 +302,13 @@ def _open_partial_arrays(folder: Path, n: int, paired: bool) -> dict[str, np.mem
     return arrays
 
 
-def _run_items(manifest: Manifest, tasks: list, workers: int) -> Iterator[tuple[str, PreparedItem]]:
-    if not tasks:
-        return
-    splits = [split for _, _, split in tasks]
-    work = [(row, i, split in PAIRED_SPLITS) for row, i, split in tasks]
+def _run_items(manifest: Manifest, tasks: Iterable[tuple[dict[str, str], int, str]],
+               workers: int) -> Iterator[tuple[str, PreparedItem]]:
+    """(split, item) for each task (row, position, split), in order; ``tasks`` is consumed a chunk at a time
+    (a pool would otherwise pull the whole manifest into its queue)."""
     if workers <= 1:
-        for split, task in zip(splits, work):
-            yield split, prepare_item(manifest, *task)
+        for row, position, split in tasks:
+            yield split, prepare_item(manifest, row, position, split in PAIRED_SPLITS)
         return
     # fork where the platform has it: workers inherit the imported readers (a spawned worker re-imports
     # scipy.signal, neurokit2 and friends: seconds each)
@@ -286,28 +317,63 @@ def _run_items(manifest: Manifest, tasks: list, workers: int) -> Iterator[tuple[
     import ecgflowcmr.signal.phase  # noqa: F401  (imported once, before the fork)
 
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    tasks = iter(tasks)
     with ctx.Pool(workers, initializer=_init_worker, initargs=(manifest,)) as pool:
-        yield from zip(splits, pool.imap(_work, work, chunksize=4))
+        while chunk := list(itertools.islice(tasks, 256 * workers)):
+            work = [(row, position, split in PAIRED_SPLITS) for row, position, split in chunk]
+            yield from zip([split for _, _, split in chunk], pool.imap(_work, work, chunksize=4))
 
 
-def _finish_split(folder: Path, keep: list[tuple[int, dict[str, str]]], paired: bool) -> None:
+def _write_rows(partial: Path, manifest: Manifest, sizes: dict[str, int], done: dict[str, dict[str, Any]]
+                ) -> tuple[dict[str, list[int]], dict[str, list[tuple[str, str, str]]], int]:
+    """Write each split's ``rows.csv`` (the manifest row + what preprocessing noted) streaming the manifest
+    once more; returns the kept positions and the failed items per split, and how many were adjusted."""
+    columns = {}
+    for split, n in sizes.items():  # the manifest's columns, then the notes' keys in first-seen order
+        notes = [done[f"{split}/{i}"]["notes"] for i in range(n) if not done[f"{split}/{i}"]["error"]]
+        extra = [k for k in dict.fromkeys(k for note in notes for k in note) if k not in manifest.columns]
+        columns[split] = manifest.columns + extra if notes else ["subject_id"]
+    kept: dict[str, list[int]] = {split: [] for split in sizes}
+    failed: dict[str, list[tuple[str, str, str]]] = {split: [] for split in sizes}
+    handled = 0
+    with contextlib.ExitStack() as stack:
+        writers = {}
+        for split in sizes:
+            tmp = stack.enter_context(atomic_file(partial / split / "rows.csv"))
+            writers[split] = csv.writer(stack.enter_context(open(tmp, "w", newline="")))
+            writers[split].writerow(columns[split])
+        for row, split, position, reason in _classify(manifest):
+            if reason is not None:
+                continue
+            record = done[f"{split}/{position}"]
+            if record["error"]:
+                failed[split].append((row["subject_id"], split, record["error"]))
+                continue
+            merged = {**row, **record["notes"]}
+            handled += _was_adjusted(record["notes"])
+            kept[split].append(position)
+            writers[split].writerow([merged.get(c, "") for c in columns[split]])
+    return kept, failed, handled
+
+
+def _compact(folder: Path, positions: list[int], paired: bool) -> None:
     """Drop refused rows from the preallocated arrays (in place when nothing was refused)."""
     names = ["ecg", "phase"] + (["cine"] if paired else [])
-    positions = [i for i, _ in keep]
     for name in names:
         path = folder / f"{name}.npy"
         src = np.load(path, mmap_mode="r")
         if len(positions) != len(src):
             tmp = folder / f".{name}.compact.npy"
+            needed = len(positions) * int(np.prod(src.shape[1:])) * src.dtype.itemsize
+            if needed > shutil.disk_usage(folder).free:  # the memory-mapped copy would SIGBUS on a full disk
+                raise InputError(folder, f"needs {needed / 2**30:.2f} GiB free to drop refused items from "
+                                 f"{name}.npy; free some space and rerun (finished items are kept)")
             dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(positions), *src.shape[1:]))
             for start in range(0, len(positions), 256):
                 dst[start:start + 256] = src[positions[start:start + 256]]
             dst.flush()
             del dst, src
             os.replace(tmp, path)
-    rows = [row for _, row in keep]
-    columns = list(dict.fromkeys(k for row in rows for k in row)) or ["subject_id"]
-    _write_csv(folder / "rows.csv", columns, [[row.get(c, "") for c in columns] for row in rows])
 
 
 def _write_csv(path: Path, header: list[str], rows: list) -> None:

@@ -15,8 +15,10 @@ under a hidden temporary name and renamed when complete, so ``latest_checkpoint`
 
 from __future__ import annotations
 
+import pickle
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -102,5 +104,18 @@ def load_checkpoint(folder: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise InputError(path, "checkpoint not found") from None
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise InputError(path, f"not a readable training checkpoint ({type(err).__name__}: {err})") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        # UnpicklingError: the safe loader refused an object; RuntimeError/BadZipFile: not a torch zip archive
+        raise InputError(path, f"not a readable training checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    """One line about why torch refused the file. Its unpickling error carries paragraphs of advice, among
+    them loading with ``weights_only=False`` (running the file's code): for a file we did not write that
+    advice is wrong, so only what was refused is kept."""
+    text = " ".join(str(err).split())
+    if "Weights only load failed" in text or "weights_only" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"Unsupported operand \d+", text)
+        what = f" ({found.group(1) if found.groups() else found.group(0)})" if found else ""
+        return f"it holds objects other than tensors and plain data{what}; such files are never loaded"
+    return text[:300]

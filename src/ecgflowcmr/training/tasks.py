@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ecgflowcmr.atomic import write_text_atomic
+from ecgflowcmr.atomic import ensure_dir, write_text_atomic
 from ecgflowcmr.bundle import load_weights
 from ecgflowcmr.config import dump_yaml, load_config
 from ecgflowcmr.errors import InputError
@@ -57,7 +57,7 @@ def run_stage(module: ModuleType, stage: str, data: Path, out: Path, *, config: 
     dist.setup_distributed(cfg.train.device)
     try:
         if dist.is_main():
-            out.mkdir(parents=True, exist_ok=True)
+            ensure_dir(out, "run folder")
             write_text_atomic(out / "config.yaml", dump_yaml(cfg))
         dist.barrier()
         start = time.time()
