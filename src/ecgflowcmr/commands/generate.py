@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ import torch
 from ecgflowcmr.atomic import atomic_file, ensure_dir, write_text_atomic
 from ecgflowcmr.canonical import FS, N_FRAMES
 from ecgflowcmr.errors import InputError
+
+if TYPE_CHECKING:
+    from ecgflowcmr.pipeline import Pipeline
 
 FORMATS = ("nii", "mp4", "gif", "npy")
 SUFFIX = {"nii": ".nii.gz", "mp4": ".mp4", "gif": ".gif", "npy": ".npy"}
@@ -167,7 +171,6 @@ def generate(model: str | Path, ecg: str | Path, out: str | Path, *, formats: li
     from tqdm import tqdm
 
     from ecgflowcmr.bundle import bundle_digest
-    from ecgflowcmr.io.ecg import read_ecg
     from ecgflowcmr.pipeline import load_pipeline
 
     formats = [f.strip() for f in (formats or ["nii"]) if f.strip()]
@@ -185,7 +188,6 @@ def generate(model: str | Path, ecg: str | Path, out: str | Path, *, formats: li
     start = time.perf_counter()
     pipe = load_pipeline(model, device=device)
     sampling = pipe.sampling_settings(steps, guidance, sampler)
-    spacing = pipe.spacing_mm
     ensure_dir(out)
     _check_settings(out, {"bundle": str(pipe.bundle.resolve()), "bundle_digest": bundle_digest(pipe.bundle),
                           "seed": seed, "steps": sampling["steps"], "guidance": sampling["guidance"],
@@ -200,28 +202,7 @@ def generate(model: str | Path, ecg: str | Path, out: str | Path, *, formats: li
 
     def run(batch: list[_Item]) -> None:
         nonlocal generated
-        ecgs, kept = [], []
-        for item in batch:
-            try:
-                ecgs.append(read_ecg(item.path))
-            except InputError as err:
-                failed.append((item.subject_id, item.ecg, str(err)))
-                continue
-            kept.append(item)
-        if ecgs:
-            x = torch.from_numpy(np.stack([e.signal for e in ecgs]))
-            intervals = [frame_interval_s(e.rpeaks) for e in ecgs]
-            problems: list[str] = []
-            frames, valid = pipe.generate_batch(x, steps=sampling["steps"], guidance=sampling["guidance"],
-                                                method=sampling["method"], problems=problems,
-                                                seed=[item_seed(seed, it.subject_id) for it in kept],
-                                                rpeaks=[e.rpeaks for e in ecgs])
-            for item, video, ok, why, dt in zip(kept, frames, valid, problems, intervals):
-                if not ok:
-                    failed.append((item.subject_id, item.ecg, f"{item.ecg}: {why}"))
-                    continue
-                _write_outputs(item.stem, video, formats, spacing, dt, fps=min(50.0, 1.0 / dt))
-                generated += 1
+        generated += _generate_batch(pipe, batch, sampling, seed, formats, failed)
         bar.update(len(batch))
 
     batch: list[_Item] = []
@@ -247,6 +228,39 @@ def generate(model: str | Path, ecg: str | Path, out: str | Path, *, formats: li
     t = pipe.timings
     return GenerateSummary(out, generated, skipped, len(failed), time.perf_counter() - start,
                            {"read": t.read, "encode_ecg": t.encode_ecg, "sample": t.sample, "decode": t.decode})
+
+
+def _generate_batch(pipe: Pipeline, batch: list[_Item], sampling: dict[str, Any], seed: int, formats: list[str],
+                    failed: list[tuple[str, str, str]]) -> int:
+    """Read the batch's ECGs, generate their cines and write them; items that fail are appended to
+    ``failed`` as (subject_id, ecg, reason). Returns the number of cines written."""
+    from ecgflowcmr.io.ecg import read_ecg
+
+    ecgs, kept = [], []
+    for item in batch:
+        try:
+            ecgs.append(read_ecg(item.path))
+        except InputError as err:
+            failed.append((item.subject_id, item.ecg, str(err)))
+            continue
+        kept.append(item)
+    if not ecgs:
+        return 0
+    x = torch.from_numpy(np.stack([e.signal for e in ecgs]))
+    intervals = [frame_interval_s(e.rpeaks) for e in ecgs]
+    problems: list[str] = []
+    frames, valid = pipe.generate_batch(x, steps=sampling["steps"], guidance=sampling["guidance"],
+                                        method=sampling["method"], problems=problems,
+                                        seed=[item_seed(seed, it.subject_id) for it in kept],
+                                        rpeaks=[e.rpeaks for e in ecgs])
+    written = 0
+    for item, video, ok, why, dt in zip(kept, frames, valid, problems, intervals):
+        if not ok:
+            failed.append((item.subject_id, item.ecg, f"{item.ecg}: {why}"))
+            continue
+        _write_outputs(item.stem, video, formats, pipe.spacing_mm, dt, fps=min(50.0, 1.0 / dt))
+        written += 1
+    return written
 
 
 def _write_failed(path: Path, failed: list[tuple[str, str, str]]) -> None:
