@@ -53,55 +53,44 @@ def nifti_bomb(root: Path) -> tuple[str, str]:
     return "cine", str(path)
 
 
-def dicom_zip_bomb(root: Path) -> tuple[str, str]:
-    """A zip of 20 DICOM images declaring 4900 × 4900 pixels each (0.96 GB of pixels), ~1 MB deflated."""
+def _mr_cine_image(k: int, rows: int, cols: int, phases: int):
+    """Image k of a four-chamber cine series: a DICOM dataset declaring rows × cols pixels and ``phases``."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
+    ds.SeriesDescription, ds.SeriesInstanceUID, ds.SeriesNumber = "CINE_segmented_LAX_4Ch", "1.2.3", 1
+    ds.InstanceNumber, ds.TriggerTime, ds.CardiacNumberOfImages = k + 1, 20.0 * k, phases
+    ds.PixelSpacing, ds.Rows, ds.Columns = [1.8, 1.8], rows, cols
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = bytes(2 * rows * cols)
+    return ds
+
+
+def dicom_zip_bomb(root: Path) -> tuple[str, str]:
+    """A zip of 20 DICOM images declaring 4900 × 4900 pixels each (0.96 GB of pixels), ~1 MB deflated."""
     path = root / "bomb.zip"
-    rows = cols = 4900
+    buffer = root / "one.dcm"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for k in range(20):
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
-            ds.SeriesDescription, ds.SeriesInstanceUID, ds.SeriesNumber = "CINE_segmented_LAX_4Ch", "1.2.3", 1
-            ds.InstanceNumber, ds.TriggerTime, ds.CardiacNumberOfImages = k + 1, 20.0 * k, 20
-            ds.PixelSpacing, ds.Rows, ds.Columns = [1.8, 1.8], rows, cols
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.PixelData = bytes(2 * rows * cols)
-            buffer = root / "one.dcm"
-            ds.save_as(buffer, enforce_file_format=True)
+            _mr_cine_image(k, 4900, 4900, phases=20).save_as(buffer, enforce_file_format=True)
             zf.write(buffer, f"IM_{k:04d}.dcm")
-    (root / "one.dcm").unlink()
+    buffer.unlink()
     return "cine", str(path)
 
 
 def dicom_phases(root: Path) -> tuple[str, str]:
     """A DICOM folder of 12 small images whose header claims 2·10⁹ cardiac phases."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
     folder = root / "phases"
     folder.mkdir()
     for k in range(12):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
-        ds.SeriesDescription, ds.SeriesInstanceUID, ds.SeriesNumber = "CINE_segmented_LAX_4Ch", "1.2.3", 1
-        ds.InstanceNumber, ds.TriggerTime, ds.CardiacNumberOfImages = k + 1, 20.0 * k, 2_000_000_000
-        ds.PixelSpacing, ds.Rows, ds.Columns = [1.8, 1.8], 32, 32
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.PixelData = bytes(2 * 32 * 32)
-        ds.save_as(folder / f"{k:03d}.dcm", enforce_file_format=True)
+        _mr_cine_image(k, 32, 32, phases=2_000_000_000).save_as(folder / f"{k:03d}.dcm", enforce_file_format=True)
     return "cine", str(folder)
 
 
