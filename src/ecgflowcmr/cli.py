@@ -85,6 +85,23 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     print(summary)
 
 
+def _cmd_downstream(args: argparse.Namespace) -> None:
+    from ecgflowcmr.commands.downstream import downstream
+
+    ablations = {}
+    for item in args.ablation:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError("--ablation", f"expected NAME=BUNDLE, got {item!r}")
+        ablations[name] = Path(path)
+    files = downstream(args.model, args.data, args.ecg_only, args.out,
+                       mix=[float(m) for m in args.mix.split(",")] if args.mix else None,
+                       tasks=args.tasks.split(",") if args.tasks else None,
+                       controls=[c for c in args.controls.split(",") if c] if args.controls is not None else None,
+                       ablations=ablations, config=args.config, sets=args.set, batch_size=args.batch_size)
+    print("wrote " + ", ".join(str(f) for f in files[:3]) + f" and {len(files) - 3} plot(s)")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from ecgflowcmr.commands.demo import run_demo
 
@@ -194,6 +211,26 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
+def _add_downstream(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("downstream", help="does pretraining on generated cines help? (paper Tables 2-4)",
+                       description="Generate synthetic cines from the ECG-only cohort, MAE-pretrain a cine ViT on "
+                       "real + synthetic cines at each mix, fine-tune per task in subject-level CV, and write "
+                       "tables.md, results.csv/json and plots (docs/downstream.md). Resumable.")
+    p.add_argument("--model", type=Path, required=True, help="generator bundle (a trained flow run)")
+    p.add_argument("--data", type=Path, required=True, help="store with the real cines and their labels")
+    p.add_argument("--ecg-only", type=Path, default=None, help="manifest of the ECG-only cohort")
+    p.add_argument("--out", type=Path, required=True, help="output folder (rerun to resume)")
+    p.add_argument("--mix", type=str, default=None, help="synthetic per real cine, e.g. 0,1,2,3,4,5")
+    p.add_argument("--tasks", type=str, default=None, help="comma list of cad, cm, hf, four_class, phenotypes")
+    p.add_argument("--controls", type=str, default=None, help="comma list of template, shuffled ('' for none)")
+    p.add_argument("--ablation", action="append", default=[], metavar="NAME=BUNDLE",
+                   help="an ablated generator as one more control (repeatable)")
+    p.add_argument("--config", type=str, default="tiny", help="preset (tiny, paper) or YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--batch-size", type=int, default=8, help="ECGs per generation batch (default 8)")
+    p.set_defaults(func=_cmd_downstream)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on the phantom at tiny size (make demo)",
                        description="phantom → prepare → train PA-MAE, VAE, flow (tiny) → generate the test "
@@ -241,8 +278,8 @@ def _add_turing(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_cmd_turing)
 
 
-SUBCOMMANDS = (_add_phantom, _add_inspect, _add_prepare, _add_show, _add_train, _add_generate, _add_demo,
-               _add_turing)
+SUBCOMMANDS = (_add_phantom, _add_inspect, _add_prepare, _add_show, _add_train, _add_generate, _add_downstream,
+               _add_demo, _add_turing)
 """One function per subcommand, in the order ``--help`` lists them."""
 
 

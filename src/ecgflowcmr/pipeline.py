@@ -159,7 +159,8 @@ class Pipeline:
     def generate_batch(self, x: torch.Tensor, steps: int | None = None, seed: int | list[int] = 0,
                        guidance: float | None = None, method: str | None = None,
                        rpeaks: list[np.ndarray] | None = None,
-                       problems: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       problems: list[str] | None = None,
+                       null_condition: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(B, 12, 5000) mV → (frames (B, 50, 96, 96) in [0, 1], valid (B,) bool); invalid items are NaN.
 
         An item is invalid when its ECG gives no usable cardiac cycle or when its latent or decoded cine is
@@ -169,7 +170,9 @@ class Pipeline:
         ``seed``: one seed for the batch, or one per item. With one seed per item the noise of an item does
         not depend on its batch; the result still does, by float summation order in batched kernels:
         ≤ 1e-5 (README, "Limits and hostile input"). ``rpeaks``: each item's R-peaks as ``read_ecg`` carried
-        them (``CanonicalECG.rpeaks``); None: found here.
+        them (``CanonicalECG.rpeaks``); None: found here. ``null_condition``: sample with the flow's learned
+        "no ECG" condition instead of the ECG's (the template-only generator: same noise, no ECG; needs a flow
+        trained with condition dropout).
         """
         from ecgflowcmr.flow.sampler import sample
 
@@ -185,6 +188,8 @@ class Pipeline:
             return frames, valid
         keep = torch.from_numpy(np.flatnonzero(valid)).to(self.device)
         cond = aligned.tokens.index_select(0, keep)
+        if null_condition:
+            cond = self.flow.null_condition(cond.shape[0]).to(cond)
         steps, method, guidance = settings["steps"], settings["method"], settings["guidance"]
         if isinstance(seed, int):
             generator = torch.Generator(device=self.device).manual_seed(seed)

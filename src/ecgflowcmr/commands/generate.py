@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 FORMATS = ("nii", "mp4", "gif", "npy")
 SUFFIX = {"nii": ".nii.gz", "mp4": ".mp4", "gif": ".gif", "npy": ".npy"}
 SETTINGS_FILE = "generate.json"
-ENFORCED_SETTINGS = ("bundle_digest", "seed", "steps", "guidance", "sampler", "formats")
+ENFORCED_SETTINGS = ("bundle_digest", "seed", "steps", "guidance", "sampler", "formats", "condition")
 """Settings a resumed job must share with the one that wrote the folder (batch_size is recorded only: it
 changes results by float rounding, ≤ 1e-5)."""
 
@@ -122,6 +122,26 @@ def _items(ecg: Path, out: Path) -> Iterator[_Item]:
         yield _Item(sid, str(path), path, out / shard_of(sid) / sid)
 
 
+def _controlled(items: Iterator[_Item], subjects: Collection[str] | None,
+                shuffle_seed: int | None) -> Iterator[_Item]:
+    """The items of ``subjects`` only (all when None); with ``shuffle_seed``, each valid item reads the ECG
+    of another valid item (a seeded permutation; output name and noise seed stay its own)."""
+    if subjects is not None:
+        wanted = set(subjects)
+        items = (it for it in items if it.subject_id in wanted)
+    if shuffle_seed is None:
+        yield from items
+        return
+    items = list(items)
+    valid = [i for i, it in enumerate(items) if it.problem is None]
+    order = np.random.default_rng(shuffle_seed).permutation(len(valid))
+    ecgs = {i: (items[valid[j]].ecg, items[valid[j]].path) for i, j in zip(valid, order)}
+    for i, it in enumerate(items):
+        if i in ecgs:
+            it.ecg, it.path = ecgs[i]
+        yield it
+
+
 def _write_outputs(stem: Path, frames01: np.ndarray, formats: list[str], spacing_mm: tuple[float, float],
                    frame_interval_s: float, fps: float) -> None:
     """Write one generated cine (50, 96, 96) in [0, 1] in each format; ``spacing_mm`` is (row, column)."""
@@ -152,6 +172,7 @@ def _check_settings(out: Path, settings: dict) -> None:
             raise InputError(path, f"unreadable ({err}); delete it only if the folder's outputs can go") from None
         if not isinstance(old, dict):
             raise InputError(path, "not a generate settings record")
+        old.setdefault("condition", "ecg")  # recorded before the downstream controls existed
         changed = [f"{k} {old.get(k)!r} → {settings[k]!r}" for k in ENFORCED_SETTINGS if old.get(k) != settings[k]]
         if changed:
             raise InputError(out, "holds outputs generated with other settings (" + "; ".join(changed) +
@@ -166,8 +187,15 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 def generate(model: str | Path, ecg: str | Path, out: str | Path, *, formats: list[str] | None = None,
              batch_size: int = 8, steps: int | None = None, seed: int = 0, guidance: float | None = None,
-             sampler: str | None = None, device: str | None = None) -> GenerateSummary:
-    """Generate cines for one ECG file or a manifest of ECGs (see the module docstring)."""
+             sampler: str | None = None, device: str | None = None, subjects: Collection[str] | None = None,
+             shuffle_seed: int | None = None, null_condition: bool = False) -> GenerateSummary:
+    """Generate cines for one ECG file or a manifest of ECGs (see the module docstring).
+
+    Controls for the downstream experiment: ``subjects`` keeps only those manifest rows; ``shuffle_seed``
+    gives each kept subject the ECG of another (a seeded permutation), its own noise seed and output name
+    unchanged; ``null_condition`` samples without the ECG (see ``Pipeline.generate_batch``). Both are
+    recorded in ``generate.json`` as ``condition``.
+    """
     from tqdm import tqdm
 
     from ecgflowcmr.bundle import bundle_digest
@@ -191,7 +219,9 @@ def generate(model: str | Path, ecg: str | Path, out: str | Path, *, formats: li
     ensure_dir(out)
     _check_settings(out, {"bundle": str(pipe.bundle.resolve()), "bundle_digest": bundle_digest(pipe.bundle),
                           "seed": seed, "steps": sampling["steps"], "guidance": sampling["guidance"],
-                          "sampler": sampling["method"], "formats": sorted(set(formats)), "batch_size": batch_size})
+                          "sampler": sampling["method"], "formats": sorted(set(formats)), "batch_size": batch_size,
+                          "condition": "null" if null_condition else
+                          "ecg" if shuffle_seed is None else f"shuffled:{shuffle_seed}"})
 
     def done(stem: Path) -> bool:
         return all(stem.with_name(stem.name + SUFFIX[f]).exists() for f in formats)
@@ -202,11 +232,11 @@ def generate(model: str | Path, ecg: str | Path, out: str | Path, *, formats: li
 
     def run(batch: list[_Item]) -> None:
         nonlocal generated
-        generated += _generate_batch(pipe, batch, sampling, seed, formats, failed)
+        generated += _generate_batch(pipe, batch, sampling, seed, formats, failed, null_condition)
         bar.update(len(batch))
 
     batch: list[_Item] = []
-    for index, item in enumerate(_items(ecg, out)):
+    for index, item in enumerate(_controlled(_items(ecg, out), subjects, shuffle_seed)):
         if index % world != rank:
             continue
         if item.problem is not None:
@@ -231,7 +261,7 @@ def generate(model: str | Path, ecg: str | Path, out: str | Path, *, formats: li
 
 
 def _generate_batch(pipe: Pipeline, batch: list[_Item], sampling: dict[str, Any], seed: int, formats: list[str],
-                    failed: list[tuple[str, str, str]]) -> int:
+                    failed: list[tuple[str, str, str]], null_condition: bool = False) -> int:
     """Read the batch's ECGs, generate their cines and write them; items that fail are appended to
     ``failed`` as (subject_id, ecg, reason). Returns the number of cines written."""
     from ecgflowcmr.io.ecg import read_ecg
@@ -252,7 +282,7 @@ def _generate_batch(pipe: Pipeline, batch: list[_Item], sampling: dict[str, Any]
     frames, valid = pipe.generate_batch(x, steps=sampling["steps"], guidance=sampling["guidance"],
                                         method=sampling["method"], problems=problems,
                                         seed=[item_seed(seed, it.subject_id) for it in kept],
-                                        rpeaks=[e.rpeaks for e in ecgs])
+                                        rpeaks=[e.rpeaks for e in ecgs], null_condition=null_condition)
     written = 0
     for item, video, ok, why, dt in zip(kept, frames, valid, problems, intervals):
         if not ok:

@@ -1,0 +1,236 @@
+"""The downstream experiment: folds, tasks, leakage guards, metrics, resume, outputs, and the CLI end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ecgflowcmr.config import load_config
+from ecgflowcmr.downstream import experiment
+from ecgflowcmr.downstream.cohort import build_task, real_cohort
+from ecgflowcmr.downstream.config import DownstreamConfig
+from ecgflowcmr.downstream.experiment import SyntheticPool, check_pools, run_experiment
+from ecgflowcmr.downstream.metrics import classification_metrics, paired_difference, regression_metrics
+from ecgflowcmr.downstream.report import write_outputs
+from ecgflowcmr.errors import ConfigError, InputError
+
+DIAGNOSES = ("normal", "hcm", "dcm", "rcm", "mi")
+FAST = ["folds=2", "pretrain.steps=2", "pretrain.batch_size=4", "pretrain.ckpt_every=1", "finetune.epochs=1",
+        "finetune.batch_size=4", "model.width=24", "model.heads=2", "model.depth=1", "model.decoder_width=16",
+        "model.decoder_heads=2", "eval_batch_size=4"]
+
+
+def label_store(store: Path) -> Path:
+    """Give a synthetic store's rows the phantom's label and phenotype columns (diagnosis cycles)."""
+    k = 0
+    for split in ("train", "val", "test"):
+        path = store / split / "rows.csv"
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        for row in rows:
+            d = DIAGNOSES[k % 5]
+            row.update(diagnosis=d, cad=int(d == "mi"), cm=int(d in ("hcm", "dcm", "rcm")),
+                       hf=int(d in ("dcm", "rcm")), lvedv_ml=100 + 3 * k, lvef_pct=50 + k % 7, qrs_ms=90)
+            k += 1
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return store
+
+
+@pytest.fixture(scope="module")
+def labelled_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import make_synthetic_store
+
+    root = tmp_path_factory.mktemp("downstream")
+    return label_store(make_synthetic_store(root / "store", {"train": 14, "val": 3, "test": 3}))
+
+
+def pool(n: int, prefix: str = "E") -> SyntheticPool:
+    cines = np.random.default_rng(1).integers(0, 256, (n, 50, 96, 96), dtype=np.uint8)
+    return SyntheticPool("ecg", cines, [f"{prefix}{i:03d}" for i in range(n)])
+
+
+def test_folds_are_subject_level_disjoint_stratified_and_seeded(labelled_store: Path) -> None:
+    subjects = real_cohort(labelled_store, folds=4, seed=3)
+    assert len(subjects) == 20 and len({s.subject_id for s in subjects}) == 20
+    assert {s.fold for s in subjects} == {0, 1, 2, 3}
+    for d in DIAGNOSES:  # 4 of each diagnosis → one per fold
+        assert sorted(s.fold for s in subjects if s.row["diagnosis"] == d) == [0, 1, 2, 3]
+    again = real_cohort(labelled_store, folds=4, seed=3)
+    assert [s.fold for s in again] == [s.fold for s in subjects]
+    other = real_cohort(labelled_store, folds=4, seed=4)
+    assert [s.fold for s in other] != [s.fold for s in subjects]
+
+
+def test_tasks_case_control_four_class_and_phenotypes(labelled_store: Path) -> None:
+    subjects = real_cohort(labelled_store, folds=2, seed=0)
+    cm = build_task("cm", subjects, 0, [])
+    assert cm.labels is not None and cm.labels.sum() == len(cm.labels) / 2  # 1:1
+    assert all(subjects[i].row["cm"] == "0" for i, y in zip(cm.members, cm.labels) if y == 0)
+    cad = build_task("cad", subjects, 0, [])  # 4 cases, 4 normals: the controls are the normals
+    assert cad.labels is not None and len(cad.labels) == 8
+    assert all(subjects[i].row["diagnosis"] == "normal" for i, y in zip(cad.members, cad.labels) if y == 0)
+    four = build_task("four_class", subjects, 0, [])
+    assert {subjects[i].row["diagnosis"] for i in four.members} == {"normal", "hcm", "dcm", "rcm"}
+    ph = build_task("phenotypes", subjects, 0, [])
+    assert ph.columns == ("lvedv_ml", "lvef_pct")  # imaging columns only (qrs_ms is ECG)
+    with pytest.raises(InputError):
+        build_task("phenotypes", subjects, 0, ["rvedv_ml"])
+
+
+def test_invalid_downstream_configs_raise() -> None:
+    for sets in (["folds=1"], ["mix=[1, 1]"], ["mix=[-1]"], ["tasks=[survival]"], ["controls=[noise]"],
+                 ["model.patch=20"], ["pretrain.steps=0"], ["nonsense=1"]):
+        with pytest.raises(ConfigError):
+            load_config(DownstreamConfig, "downstream", "tiny", sets)
+
+
+def test_pools_refuse_real_subjects_and_too_few(labelled_store: Path) -> None:
+    cfg = load_config(DownstreamConfig, "downstream", "tiny", [*FAST, "mix=[0, 1]"])
+    subjects = real_cohort(labelled_store, cfg.folds, cfg.seed)
+    leak = pool(12)
+    leak.subject_ids[3] = subjects[0].subject_id
+    with pytest.raises(InputError, match="also in the real cohort"):
+        check_pools({"ecg": leak}, subjects, cfg)
+    with pytest.raises(InputError, match="needs"):
+        check_pools({"ecg": pool(5)}, subjects, cfg)
+    assert len(check_pools({"ecg": pool(12)}, subjects, cfg)) == 12
+
+
+def test_pretraining_never_sees_the_test_fold(labelled_store: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(DownstreamConfig, "downstream", "tiny", [*FAST, "mix=[0, 1]", "tasks=[cm]", "scratch=false"])
+    synthetic = pool(12)
+    seen: list[list[tuple[np.ndarray, int]]] = []
+    original = experiment.pretrain_setup
+
+    def spy(model, train_set, val_set=None):
+        seen.append(list(train_set.items))
+        return original(model, train_set, val_set)
+
+    monkeypatch.setattr(experiment, "pretrain_setup", spy)
+    rows = run_experiment(cfg, labelled_store, {"ecg": synthetic}, tmp_path / "out", log=lambda m: None)
+    subjects = real_cohort(labelled_store, cfg.folds, cfg.seed)
+    arrays = {split: np.load(labelled_store / split / "cine.npy", mmap_mode="r") for split in ("train", "val", "test")}
+    assert len(seen) == 4  # 2 folds × (real, ecg@1)
+    for run, items in enumerate(seen):
+        fold = run // 2
+        real = [np.asarray(a[i]) for a, i in items if a is not synthetic.cines]
+        assert len(real) == sum(s.fold != fold for s in subjects)
+        for s in subjects:  # a test subject's real cine is never among the pretraining items
+            assert any(np.array_equal(arrays[s.split][s.index], c) for c in real) == (s.fold != fold)
+        n_synthetic = len(items) - len(real)
+        assert n_synthetic == (0 if run % 2 == 0 else len(real))
+    assert {r["method"] for r in rows} == {"real", "ecg@1"}
+    tested = [json.loads((tmp_path / "out" / "runs" / f"fold{k}" / "real" / "cm" / "result.json").read_text())
+              for k in range(2)]
+    assert set(tested[0]["subjects_test"]).isdisjoint(tested[1]["subjects_test"])
+
+
+def test_fit_once_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    from ecgflowcmr.training.stages.cine_vit import fit_once, pretrain_setup, seed_init
+
+    cfg = load_config(DownstreamConfig, "downstream", "tiny", FAST)
+    items = experiment.CineItems([(pool(6).cines, i) for i in range(6)])
+    train = load_config(DownstreamConfig, "downstream", "tiny", [*FAST, "pretrain.steps=4"]).pretrain
+
+    def run(folder: Path, stop: int) -> torch.nn.Module:
+        seed_init(0, 0, 0)
+        setup = pretrain_setup(cfg.model, items)
+        fit_once(setup, type(train)(**{**train.__dict__, "stop_at_step": stop}), folder)
+        return setup.model
+
+    whole = run(tmp_path / "whole", 0)
+    first = run(tmp_path / "split", 2)
+    assert not (tmp_path / "split" / "fit.json").exists()
+    resumed = run(tmp_path / "split", 0)
+    assert json.loads((tmp_path / "split" / "fit.json").read_text())["steps"] == 4
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_metrics_closed_forms() -> None:
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
+    m = {r["metric"]: r["value"] for r in classification_metrics(labels, probs, 2)}
+    assert m["accuracy"] == 0.75 and m["auc"] == 1.0 and m["balanced_accuracy"] == 0.75
+    truth = np.array([[1.0, np.nan], [2.0, 5.0], [3.0, 7.0]])
+    pred = np.array([[1.0, 0.0], [2.0, 6.0], [4.0, 6.0]])
+    r = {x["metric"]: x["value"] for x in regression_metrics(truth, pred, ["a_ml", "b_pct"])}
+    assert r["mae:a_ml"] == pytest.approx(1 / 3) and r["r2:a_ml"] == pytest.approx(0.5)
+    assert r["mae:b_pct"] == 1.0 and r["r2:b_pct"] == pytest.approx(0.0)
+    assert r["mean_r2"] == pytest.approx(0.25)
+    d = paired_difference([0.7, 0.8, 0.9], [0.6, 0.6, 0.6])
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t(0.975, 2) · sd / √n
+    assert d["diff"] == pytest.approx(0.2) and d["high"] - d["diff"] == pytest.approx(half)
+
+
+def test_outputs_tables_csv_json_plots(tmp_path: Path) -> None:
+    rows = []
+    for fold in range(3):
+        for method, source, mix, auc in (("scratch", "scratch", 0, 0.6), ("real", "real", 0, 0.7),
+                                         ("ecg@1", "ecg", 1, 0.75), ("template@1", "template", 1, 0.74)):
+            rows.append({"task": "cm", "method": method, "source": source, "mix": mix, "fold": fold,
+                         "metric": "auc", "value": auc + 0.01 * fold, "n_train": 8, "n_test": 4})
+            rows.append({"task": "phenotypes", "method": method, "source": source, "mix": mix, "fold": fold,
+                         "metric": "r2:lvedv_ml", "value": auc - 0.2, "n_train": 8, "n_test": 4})
+    files = write_outputs(tmp_path, rows, {"folds": 3, "seed": 0, "cohort": {"subjects": 12}})
+    assert {f.name for f in files} >= {"results.csv", "results.json", "tables.md", "cm_auc.png",
+                                       "phenotypes_r2_lvedv_ml.png"}
+    tables = (tmp_path / "tables.md").read_text()
+    assert "Table 2" in tables and "Table 3" in tables and "Table 4" in tables
+    assert "| MAE + ecg 100 % | – | 0.760 ± 0.010 |" in tables
+    result = json.loads((tmp_path / "results.json").read_text())
+    control = [d for d in result["paired_differences"] if d["method"] == "template@1" and d["against"] == "ecg@1"]
+    assert control[0]["diff"] == pytest.approx(-0.01)
+    assert (tmp_path / "plots" / "cm_auc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_on_a_tiny_bundle(tmp_path: Path) -> None:
+    """phantom → prepare → a few-step bundle → `ecgflowcmr downstream` → outputs; a rerun trains nothing."""
+    from ecgflowcmr.cli import main
+    from ecgflowcmr.phantom import make_cohort
+    from ecgflowcmr.store.prepared import prepare
+    from ecgflowcmr.training.tasks import train
+
+    config = tmp_path / "phantom.yaml"
+    config.write_text("ecg_only_fraction: 0.6\nprevalence: {normal: 0.5, hcm: 0.2, dcm: 0.2, rcm: 0.1, mi: 0.0}\n")
+    manifest = make_cohort(tmp_path / "cohort", n=32, seed=5, config=config, workers=1)
+    store = tmp_path / "store"
+    prepare(manifest, store)
+    quick = ["train.steps=2", "train.val_every=0", "train.ckpt_every=0", "train.batch_size=2"]
+    train("pamae", store, tmp_path / "pamae", sets=quick)
+    train("vae", store, tmp_path / "vae", sets=[*quick, "stage.eval_max_items=2"])
+    train("flow", store, tmp_path / "flow", sets=[*quick, "stage.eval_items=2"], pamae=tmp_path / "pamae",
+          vae=tmp_path / "vae")
+    out = tmp_path / "downstream"
+    args = ["downstream", "--model", str(tmp_path / "flow"), "--data", str(store), "--ecg-only", str(manifest),
+            "--out", str(out), "--mix", "0,1", "--tasks", "cm,phenotypes", "--controls", "template,shuffled",
+            *[x for s in FAST for x in ("--set", s)]]
+    assert main(args) == 0
+    result = json.loads((out / "results.json").read_text())
+    methods = {s["method"] for s in result["summary"]}
+    assert methods == {"scratch", "real", "ecg@1", "template@1", "shuffled@1"}
+    assert "Table 3" in (out / "tables.md").read_text()
+    ids = (out / "synthetic" / "ecg" / "pack" / "subjects.csv").read_text().split()[1:]
+    with open(manifest, newline="") as fh:
+        split_of = {r["subject_id"]: r["split"] for r in csv.DictReader(fh)}
+    assert ids and all(split_of[i] == "ecg_only" for i in ids)
+    ecg = np.load(out / "synthetic" / "ecg" / "pack" / "cines.npy")
+    blind = np.load(out / "synthetic" / "template" / "pack" / "cines.npy")
+    assert ecg.shape == blind.shape and not np.array_equal(ecg, blind)
+    done = sorted(out.glob("runs/*/*/*/result.json"))
+    stamps = [p.stat().st_mtime_ns for p in done]
+    assert main(args) == 0  # resumes: every run is reused
+    assert [p.stat().st_mtime_ns for p in done] == stamps
+    assert main([*args[:-2 * len(FAST)], "--data", str(tmp_path / "nowhere")]) == 2
