@@ -234,3 +234,22 @@ def test_cli_end_to_end_on_a_tiny_bundle(tmp_path: Path) -> None:
     assert main(args) == 0  # resumes: every run is reused
     assert [p.stat().st_mtime_ns for p in done] == stamps
     assert main([*args[:-2 * len(FAST)], "--data", str(tmp_path / "nowhere")]) == 2
+
+
+def test_phantom_labels_follow_the_documented_rules(phantom_cohort: Path) -> None:
+    with open(phantom_cohort / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        d = r["diagnosis"]
+        assert r["cad"] == str(int(d == "mi"))
+        assert r["cm"] == str(int(d in ("hcm", "dcm", "rcm")))
+        assert r["hf"] == str(int(float(r["lvef_pct"]) < 40 or d in ("dcm", "rcm")))
+
+
+def test_phantom_ecg_only_cohort_can_be_many_times_the_paired_one() -> None:
+    from ecgflowcmr.phantom.cohort import draw_split
+    from ecgflowcmr.phantom.config import PhantomConfig
+
+    cfg = PhantomConfig(ecg_only_fraction=0.9)
+    splits = [draw_split(np.random.default_rng([0, i]), cfg) for i in range(2000)]
+    assert splits.count("ecg_only") >= 8 * (len(splits) - splits.count("ecg_only"))
