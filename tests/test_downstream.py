@@ -135,6 +135,28 @@ def test_pretraining_never_sees_the_test_fold(labelled_store: Path, tmp_path: Pa
     assert set(tested[0]["subjects_test"]).isdisjoint(tested[1]["subjects_test"])
 
 
+def test_shared_pretraining_on_a_reserved_split(labelled_store: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(DownstreamConfig, "downstream", "tiny",
+                      [*FAST, "mix=[0, 1]", "tasks=[four_class]", "scratch=false", "pretrain_split=train"])
+    seen: list[int] = []
+    original = experiment.pretrain_setup
+
+    def spy(model, train_set, val_set=None):
+        seen.append(len(train_set))
+        return original(model, train_set, val_set)
+
+    monkeypatch.setattr(experiment, "pretrain_setup", spy)
+    rows = run_experiment(cfg, labelled_store, {"ecg": pool(14)}, tmp_path / "out", log=lambda m: None)
+    assert seen == [14, 28]  # once per method (the 14 train cines, + 14 synthetic), reused by fold 1
+    assert sorted(p.parent.name for p in (tmp_path / "out" / "runs" / "shared").glob("*/pretrain")) == ["ecg@1", "real"]
+    tested = {sid for k in range(2) for sid in json.loads(
+        (tmp_path / "out" / "runs" / f"fold{k}" / "real" / "four_class" / "result.json").read_text())["subjects_test"]}
+    with open(labelled_store / "train" / "rows.csv", newline="") as fh:
+        assert tested.isdisjoint(r["subject_id"] for r in csv.DictReader(fh))
+    assert {r["fold"] for r in rows} == {0, 1}
+
+
 def test_fit_once_resume_equals_uninterrupted(tmp_path: Path) -> None:
     from ecgflowcmr.training.stages.cine_vit import fit_once, pretrain_setup, seed_init
 

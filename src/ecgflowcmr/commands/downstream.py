@@ -27,7 +27,8 @@ import numpy as np
 from ecgflowcmr.commands.generate import SUFFIX, generate, shard_of
 from ecgflowcmr.config import load_config
 from ecgflowcmr.downstream import DownstreamConfig, SyntheticPool, run_downstream
-from ecgflowcmr.downstream.cohort import real_cohort
+from ecgflowcmr.downstream.cohort import cohorts
+from ecgflowcmr.downstream.experiment import synthetic_needed
 from ecgflowcmr.downstream.synthetic import pack_pool
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.io.manifest import read_manifest
@@ -47,15 +48,14 @@ def downstream(model: Path, data: Path, ecg_only: Path | None, out: Path, *, mix
         overrides.append(f"controls=[{', '.join(controls)}]")
     cfg = load_config(DownstreamConfig, "downstream", config, overrides)
     out = Path(out)
-    subjects = real_cohort(data, cfg.folds, cfg.seed)
-    n_real = max(sum(s.fold != k for s in subjects) for k in range(cfg.folds))
-    need = round(max(cfg.mix) * n_real)
+    subjects, reserved = cohorts(data, cfg.folds, cfg.seed, cfg.pretrain_split)
+    need = synthetic_needed(cfg, subjects, reserved)
     pools: dict[str, SyntheticPool] = {}
     meta: dict[str, Any] = {"model": str(model), "ecg_only": str(ecg_only), "generation": {}, "unavailable": {}}
     if need > 0:
         if ecg_only is None:
             raise InputError("--ecg-only", f"mix {max(cfg.mix):g} needs synthetic cines: give the ECG-only manifest")
-        chosen = choose_ecg_only(ecg_only, {s.subject_id for s in subjects}, need, cfg.seed)
+        chosen = choose_ecg_only(ecg_only, {s.subject_id for s in [*subjects, *reserved]}, need, cfg.seed)
         sources: dict[str, tuple[Path, dict[str, Any]]] = {"ecg": (Path(model), {})}
         if "template" in cfg.controls:
             sources["template"] = (Path(model), {"null_condition": True})

@@ -20,9 +20,9 @@ __all__ = ["DownstreamConfig", "SyntheticPool", "run_downstream"]
 def run_downstream(cfg: DownstreamConfig, store: Path, pools: dict[str, SyntheticPool], out: Path,
                    meta: dict[str, Any] | None = None) -> list[Path]:
     """Run (or resume) every fold, method and task; write results.csv/json, tables.md and plots."""
-    from ecgflowcmr.downstream.cohort import build_task, real_cohort
+    from ecgflowcmr.downstream.cohort import build_task, cohorts
 
-    subjects = real_cohort(store, cfg.folds, cfg.seed)
+    subjects, reserved = cohorts(store, cfg.folds, cfg.seed, cfg.pretrain_split)
     tasks = {}
     for name in cfg.tasks:
         task = build_task(name, subjects, cfg.seed, cfg.phenotypes)
@@ -30,7 +30,7 @@ def run_downstream(cfg: DownstreamConfig, store: Path, pools: dict[str, Syntheti
                        f"{len(task.members)} ({', '.join(f'{c} {int((task.labels == k).sum())}' for k, c in enumerate(task.classes))})")
     rows = run_experiment(cfg, store, pools, out)
     record = {"folds": cfg.folds, "seed": cfg.seed, "store": str(store),
-              "cohort": {"subjects": len(subjects), "synthetic_subjects": min((len(p.subject_ids) for p in pools.values()), default=0),
+              "cohort": {"subjects": len(subjects), "pretrain_only_subjects": len(reserved), "synthetic_subjects": min((len(p.subject_ids) for p in pools.values()), default=0),
                          "tasks": tasks, "fold_sizes": [sum(s.fold == k for s in subjects) for k in range(cfg.folds)]},
               "sources": sorted(pools), "config": config_record(cfg), **(meta or {})}
     return write_outputs(Path(out), rows, record)

@@ -56,19 +56,10 @@ class Task:
     columns: tuple[str, ...] = ()
 
 
-def real_cohort(store: str, folds: int, seed: int) -> list[Subject]:
-    """Every paired subject of ``store`` with its fold (stratified by diagnosis when present)."""
-    import csv
-    from pathlib import Path
-
-    meta = read_store_meta(store)
-    subjects: list[Subject] = []
-    for split in PAIRED_SPLITS:
-        if meta["splits"].get(split, 0) == 0:
-            continue
-        with open(Path(store) / split / "rows.csv", newline="") as fh:
-            for i, row in enumerate(csv.DictReader(fh)):
-                subjects.append(Subject(row["subject_id"], split, i, row))
+def real_cohort(store: str, folds: int, seed: int, exclude: tuple[str, ...] = ()) -> list[Subject]:
+    """Every paired subject of ``store`` (but those of the ``exclude`` splits) with its fold (stratified by
+    diagnosis when present)."""
+    subjects = split_subjects(store, [s for s in PAIRED_SPLITS if s not in exclude])
     ids = [s.subject_id for s in subjects]
     if len(set(ids)) != len(ids):
         raise InputError(store, "a subject_id appears in more than one paired split")
@@ -76,6 +67,38 @@ def real_cohort(store: str, folds: int, seed: int) -> list[Subject]:
         raise InputError(store, f"{len(subjects)} paired subjects: too few for {folds} folds")
     assign_folds(subjects, folds, seed)
     return subjects
+
+
+def split_subjects(store: str, splits: list[str]) -> list[Subject]:
+    """The subjects of the given paired splits of ``store``, in store order."""
+    import csv
+    from pathlib import Path
+
+    meta = read_store_meta(store)
+    subjects: list[Subject] = []
+    for split in splits:
+        if meta["splits"].get(split, 0) == 0:
+            continue
+        with open(Path(store) / split / "rows.csv", newline="") as fh:
+            for i, row in enumerate(csv.DictReader(fh)):
+                subjects.append(Subject(row["subject_id"], split, i, row))
+    return subjects
+
+
+def cohorts(store: str, folds: int, seed: int, pretrain_split: str) -> tuple[list[Subject], list[Subject]]:
+    """(the cross-validated real cohort, the real subjects reserved for pretraining only: those of
+    ``pretrain_split``, none when it is "")."""
+    if not pretrain_split:
+        return real_cohort(store, folds, seed), []
+    reserved = split_subjects(store, [pretrain_split])
+    if not reserved:
+        raise InputError(store, f"pretrain_split {pretrain_split!r}: the store has no such paired split")
+    return real_cohort(store, folds, seed, exclude=(pretrain_split,)), reserved
+
+
+def pretraining_real(subjects: list[Subject], reserved: list[Subject], fold: int) -> list[Subject]:
+    """The real subjects whose cines fold ``fold`` pretrains on: the reserved ones, or the other folds."""
+    return reserved if reserved else [s for s in subjects if s.fold != fold]
 
 
 def assign_folds(subjects: list[Subject], folds: int, seed: int) -> None:

@@ -54,6 +54,11 @@ class DownstreamConfig:
     """Also fine-tune a randomly initialised ViT (the paper's "ViT" row)."""
     phenotypes: list[str] = field(default_factory=list)
     """Phenotype columns to regress; empty = every imaging phenotype column (``IMAGING_SUFFIXES``)."""
+    pretrain_split: str = ""
+    """"" (default): MAE for fold k on the real cines of the other folds, one pretraining per (fold,
+    method). A store split name (e.g. ``train``): MAE once per method on that split's real cines, and the
+    cross-validation runs over the other paired splits only (subjects never pretrained on): K times
+    fewer pretrainings, a smaller CV cohort."""
     eval_batch_size: int = 8
     """Cines per batch when predicting test folds."""
     generate_steps: int = 0
@@ -70,5 +75,7 @@ class DownstreamConfig:
         unknown = [c for c in self.controls if c not in CONTROLS]
         if unknown:
             raise ConfigError("controls", f"unknown control(s) {unknown} (known: {', '.join(CONTROLS)})")
+        if self.pretrain_split not in ("", "train", "val", "test"):
+            raise ConfigError("pretrain_split", f"expected '', train, val or test, got {self.pretrain_split!r}")
         if self.eval_batch_size < 1 or self.generate_steps < 0:
             raise ConfigError("eval_batch_size", "eval_batch_size must be ≥ 1 and generate_steps ≥ 0")

@@ -30,12 +30,12 @@ import torch
 from torch.utils.data import Dataset
 
 from ecgflowcmr.atomic import write_text_atomic
-from ecgflowcmr.downstream.cohort import Subject, Task, build_task, real_cohort
+from ecgflowcmr.downstream.cohort import Subject, Task, build_task, cohorts, pretraining_real
 from ecgflowcmr.downstream.config import DownstreamConfig
 from ecgflowcmr.downstream.metrics import classification_metrics, regression_metrics
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.store.prepared import cine_from_uint8
-from ecgflowcmr.training.stages.cine_vit import finetune_setup, fit_once, pretrain_setup, seed_init
+from ecgflowcmr.training.stages.cine_vit import DONE_FILE, finetune_setup, fit_once, pretrain_setup, seed_init
 
 RESULT_FILE = "result.json"
 
@@ -87,22 +87,28 @@ def methods_of(cfg: DownstreamConfig, sources: list[str]) -> list[Method]:
     return out
 
 
-def check_pools(pools: dict[str, SyntheticPool], subjects: list[Subject], cfg: DownstreamConfig) -> list[str]:
+def synthetic_needed(cfg: DownstreamConfig, subjects: list[Subject], reserved: list[Subject]) -> int:
+    """Synthetic cines the largest mix needs (in the fold with the most real pretraining cines)."""
+    n_real = max(len(pretraining_real(subjects, reserved, k)) for k in range(cfg.folds))
+    return round(max(cfg.mix) * n_real)
+
+
+def check_pools(pools: dict[str, SyntheticPool], subjects: list[Subject], cfg: DownstreamConfig,
+                reserved: list[Subject] | None = None) -> list[str]:
     """The ECG-only subjects every pool has (sorted), after refusing any that belongs to the real cohort;
     raises if they are too few for the largest mix."""
     if not pools:
         return []
-    real = {s.subject_id for s in subjects}
+    real = {s.subject_id for s in [*subjects, *(reserved or [])]}
     common = set.intersection(*(set(p.subject_ids) for p in pools.values()))
     leaked = sorted(common & real)
     if leaked:
         raise InputError("--ecg-only", f"{len(leaked)} ECG-only subject(s) are also in the real cohort "
                          f"(e.g. {leaked[0]}): their synthetic cines could reach a test fold")
-    n_real = max(sum(s.fold != k for s in subjects) for k in range(cfg.folds))
-    need = round(max(cfg.mix) * n_real)
+    need = synthetic_needed(cfg, subjects, reserved or [])
     if len(common) < need:
         raise InputError("--ecg-only", f"{len(common)} synthetic cines in every source, but mix "
-                         f"{max(cfg.mix):g} × {n_real} real pretraining cines needs {need}")
+                         f"{max(cfg.mix):g} needs {need}")
     return sorted(common)
 
 
@@ -111,19 +117,22 @@ def run_experiment(cfg: DownstreamConfig, store: Path, pools: dict[str, Syntheti
     """Every (fold, method, task) run; returns the per-fold metric rows (also written per run)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     store, out = Path(store), Path(out)
-    subjects = real_cohort(store, cfg.folds, cfg.seed)
+    subjects, reserved = cohorts(store, cfg.folds, cfg.seed, cfg.pretrain_split)
     tasks = [build_task(name, subjects, cfg.seed, cfg.phenotypes) for name in cfg.tasks]
-    synthetic_ids = check_pools(pools, subjects, cfg)
-    real_arrays = {split: np.load(store / split / "cine.npy", mmap_mode="r") for split in {s.split for s in subjects}}
+    synthetic_ids = check_pools(pools, subjects, cfg, reserved)
+    real_arrays = {split: np.load(store / split / "cine.npy", mmap_mode="r")
+                   for split in {s.split for s in [*subjects, *reserved]}}
     methods = methods_of(cfg, list(pools))
     rows: list[dict[str, Any]] = []
     for fold in range(cfg.folds):
-        train_real = [(real_arrays[s.split], s.index) for s in subjects if s.fold != fold]
-        order = np.random.default_rng([cfg.seed, 3, fold]).permutation(len(synthetic_ids))
+        train_real = [(real_arrays[s.split], s.index) for s in pretraining_real(subjects, reserved, fold)]
+        # shared pretraining (reserved split): one synthetic subset for every fold
+        order = np.random.default_rng([cfg.seed, 3, 0 if reserved else fold + 1]).permutation(len(synthetic_ids))
         for method in methods:
             folder = out / "runs" / f"fold{fold}" / method.name.replace(":", "-")
+            pretrain_dir = (out / "runs" / "shared" if reserved else folder.parent) / folder.name / "pretrain"
             pretrained = None
-            if method.name != "scratch":
+            if method.name != "scratch" and not (pretrain_dir / DONE_FILE).exists():
                 items = list(train_real)
                 if method.source:
                     pool = pools[method.source]
@@ -131,13 +140,14 @@ def run_experiment(cfg: DownstreamConfig, store: Path, pools: dict[str, Syntheti
                     chosen = [synthetic_ids[j] for j in order[:round(method.mix * len(train_real))]]
                     items += [(pool.cines, position[sid]) for sid in chosen]
                 start = time.perf_counter()
-                seed_init(cfg.seed, fold, 0)  # same initial weights for every method of a fold
+                seed_init(cfg.seed, 0 if reserved else fold, 0)  # the same initial weights for every method
                 setup = pretrain_setup(cfg.model, CineItems(items))
-                summary = fit_once(setup, cfg.pretrain, folder / "pretrain", run_config=cfg)
-                _check_finished(summary, folder / "pretrain")
+                summary = fit_once(setup, cfg.pretrain, pretrain_dir, run_config=cfg)
+                _check_finished(summary, pretrain_dir)
                 log(f"fold {fold} {method.name}: pretrained on {len(items)} cines "
                     f"({len(items) - len(train_real)} synthetic) in {time.perf_counter() - start:.1f} s")
-                pretrained = folder / "pretrain"
+            if method.name != "scratch":
+                pretrained = pretrain_dir
             for t, task in enumerate(tasks):
                 result = _finetune(cfg, task, t, subjects, real_arrays, fold, pretrained, folder / task.name)
                 rows += [{"task": task.name, "method": method.name, "source": method.source or method.name,

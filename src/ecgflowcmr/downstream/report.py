@@ -112,7 +112,11 @@ def tables_markdown(result: dict[str, Any]) -> str:
     cohort = result.get("cohort", {})
     lines += [f"Real cohort: {cohort.get('subjects', '?')} subjects, {result.get('folds', '?')}-fold subject-level "
               f"CV (seed {result.get('seed', '?')}); synthetic pool: {cohort.get('synthetic_subjects', 0)} "
-              "ECG-only subjects (none in the real cohort). Task sizes (cases/classes): "
+              "ECG-only subjects (none in the real cohort). "
+              + (f"Real pretraining cines: {cohort['pretrain_only_subjects']} subjects of a reserved split, "
+                 "never cross-validated. " if cohort.get("pretrain_only_subjects") else
+                 "Real pretraining cines: the training folds of each fold. ")
+              + "Task sizes (cases/classes): "
               + ", ".join(f"{k} {v}" for k, v in cohort.get("tasks", {}).items()) + ".",
               "Mean ± sd over folds; Δ = paired difference over the same folds with its 95 % t interval: "
               "against MAE (real), and for an ECG-blind control against the ECG-conditioned source at the "
