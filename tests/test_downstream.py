@@ -226,8 +226,8 @@ def test_cli_end_to_end_on_a_tiny_bundle(phantom_cohort: Path, phantom_store: Pa
     manifest, store = phantom_cohort / "manifest.csv", phantom_store
     quick = ["train.steps=2", "train.val_every=0", "train.ckpt_every=0", "train.batch_size=2"]
     train("pamae", store, tmp_path / "pamae", sets=quick)
-    train("vae", store, tmp_path / "vae", sets=[*quick, "stage.eval_max_items=2"])
-    train("flow", store, tmp_path / "flow", sets=[*quick, "stage.eval_items=2"], pamae=tmp_path / "pamae",
+    train("vae", store, tmp_path / "vae", sets=[*quick, "eval.max_items=2"])
+    train("flow", store, tmp_path / "flow", sets=[*quick, "eval.max_items=2"], pamae=tmp_path / "pamae",
           vae=tmp_path / "vae")
     out = tmp_path / "downstream"
     args = ["downstream", "--model", str(tmp_path / "flow"), "--data", str(store), "--ecg-only", str(manifest),

@@ -59,12 +59,6 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
                            f"MAE loss (masked patches) on the {len(losses)} '{split}' cines, one random mask each"}}
 
 
-def load(run_dir: Path, device: str = "cpu") -> VideoMAE:
-    from ecgflowcmr.bundle import read_config
-
-    return load_weights(VideoMAE(VideoViTConfig(**read_config(run_dir))), run_dir).to(device).eval()
-
-
 # --------------------------------------------------------------------------------------------------
 # Pieces for the downstream experiment
 # --------------------------------------------------------------------------------------------------
