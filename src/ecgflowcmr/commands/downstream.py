@@ -18,6 +18,7 @@ generated as the largest mix needs (plus 5 % for ECGs that fail).
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ def downstream(model: Path, data: Path, ecg_only: Path | None, out: Path, *, mix
                ablations: dict[str, Path] | None = None, config: str = "tiny", sets: list[str] | None = None,
                batch_size: int = 8) -> list[Path]:
     """Generate what is missing, then pretrain, fine-tune and score every fold (all resumable)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("torchrun", "downstream runs in one process for now (its ranks would write the "
+                         "same result files); run it without torchrun")
     overrides = list(sets or [])
     if mix is not None:
         overrides.append(f"mix=[{', '.join(f'{m:g}' for m in mix)}]")
