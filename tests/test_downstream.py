@@ -211,6 +211,7 @@ def test_outputs_tables_csv_json_plots(tmp_path: Path) -> None:
     tables = (tmp_path / "tables.md").read_text()
     assert "Table 2" in tables and "Table 3" in tables and "Table 4" in tables
     assert "| MAE + ecg 100 % | – | 0.760 ± 0.010 |" in tables
+    assert "- cm (auc): MAE + template 100 % is worse than MAE + ecg 100 %" in tables  # −0.01 every fold
     result = json.loads((tmp_path / "results.json").read_text())
     control = [d for d in result["paired_differences"] if d["method"] == "template@1" and d["against"] == "ecg@1"]
     assert control[0]["diff"] == pytest.approx(-0.01)

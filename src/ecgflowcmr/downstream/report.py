@@ -164,7 +164,32 @@ def tables_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {_label(method)} | " + " | ".join(cells) + " |")
         lines += ["", f"mean R² over {len(columns)} phenotypes: {', '.join(columns)}.", ""]
     classification("Table 4: cardiomyopathy vs control and HCM/DCM/RCM/normal", ["cm", "four_class"])
+    lines += verdicts(result)
+    for source, reason in result.get("unavailable", {}).items():
+        lines.append(f"- control {source} unavailable: {reason}")
     return "\n".join(lines) + "\n"
+
+
+def verdicts(result: dict[str, Any]) -> list[str]:
+    """Plain sentences for the headline metric of each task (AUC, mean R²): does synthetic pretraining
+    beat real-only pretraining, and does the ECG-conditioned source beat each ECG-blind one, at each mix?
+    A difference counts only when its 95 % interval over folds excludes zero."""
+    out = ["## What the numbers say", ""]
+    for d in result["paired_differences"]:
+        headline = "mean_r2" if d["task"] == "phenotypes" else "auc"
+        if d["metric"] != headline or math.isnan(d["low"]):
+            continue
+        if d["against"] == "real" and not d["method"].startswith("ecg@"):
+            continue
+        if d["low"] > 0:
+            word = "better than"
+        elif d["high"] < 0:
+            word = "worse than"
+        else:
+            word = "not distinguishable from"
+        out.append(f"- {d['task']} ({headline}): {_label(d['method'])} is {word} {_label(d['against'])} "
+                   f"(Δ {d['diff']:+.3f}, 95 % CI [{d['low']:+.3f}, {d['high']:+.3f}], {d['folds']} folds).")
+    return [*out, ""] if len(out) > 2 else []
 
 
 # --------------------------------------------------------------------------------------------------
