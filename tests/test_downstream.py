@@ -245,7 +245,9 @@ def test_cli_end_to_end_on_a_tiny_bundle(phantom_cohort: Path, phantom_store: Pa
     assert ids and all(split_of[i] == "ecg_only" for i in ids)
     ecg = np.load(out / "synthetic" / "ecg" / "pack" / "cines.npy")
     blind = np.load(out / "synthetic" / "template" / "pack" / "cines.npy")
-    assert ecg.shape == blind.shape and not np.array_equal(ecg, blind)
+    shuffled = np.load(out / "synthetic" / "shuffled" / "pack" / "cines.npy")
+    assert ecg.shape == blind.shape == shuffled.shape
+    assert not np.array_equal(ecg, blind) and not np.array_equal(ecg, shuffled)
     done = sorted(out.glob("runs/*/*/*/result.json"))
     stamps = [p.stat().st_mtime_ns for p in done]
     assert main(args) == 0  # resumes: every run is reused
@@ -270,3 +272,46 @@ def test_phantom_ecg_only_cohort_can_be_many_times_the_paired_one() -> None:
     cfg = PhantomConfig(ecg_only_fraction=0.9)
     splits = [draw_split(np.random.default_rng([0, i]), cfg) for i in range(2000)]
     assert splits.count("ecg_only") >= 8 * (len(splits) - splits.count("ecg_only"))
+
+
+def _downstream_rank(rank: int, port: int, store: Path, out: Path) -> None:
+    """One of two processes with the environment torchrun would give it: the whole experiment under DDP."""
+    import os
+
+    from ecgflowcmr.downstream import run_downstream
+    from ecgflowcmr.training import distributed as dist
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    dist.teardown_distributed()  # forget the parent's single-process state
+    torch.set_num_threads(1)
+    dist.setup_distributed("cpu")
+    cfg = load_config(DownstreamConfig, "downstream", "tiny",
+                      [*FAST, "mix=[0, 1]", "tasks=[cm]", "scratch=false", "finetune.batch_size=2"])
+    rows = run_experiment(cfg, store, {"ecg": pool(12)}, out, log=lambda m: None)
+    (out / f"rows-rank{rank}.json").write_text(json.dumps(rows))
+    run_downstream(cfg, store, {"ecg": pool(12)}, out)  # everything reused; rank 0 writes the outputs
+    dist.teardown_distributed()
+
+
+def test_two_gloo_ranks_run_the_experiment_once(labelled_store: Path, tmp_path: Path) -> None:
+    import multiprocessing
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    out.mkdir()
+    ranks = [multiprocessing.get_context("fork").Process(target=_downstream_rank, args=(r, port, labelled_store, out))
+             for r in range(2)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    rank0, rank1 = (json.loads((out / f"rows-rank{r}.json").read_text()) for r in range(2))
+    assert rank0 == rank1 and {r["method"] for r in rank0} == {"real", "ecg@1"}
+    assert len(list(out.glob("runs/fold*/*/cm/result.json"))) == 4
+    assert len(list(out.glob("runs/fold*/*/pretrain/fit.json"))) == 4
+    assert (out / "results.csv").read_text().count("\n") == 1 + len(rank0)

@@ -18,7 +18,6 @@ generated as the largest mix needs (plus 5 % for ECGs that fail).
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from ecgflowcmr.downstream.experiment import synthetic_needed
 from ecgflowcmr.downstream.synthetic import pack_pool
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.io.manifest import read_manifest
+from ecgflowcmr.training import distributed as dist
 
 
 def downstream(model: Path, data: Path, ecg_only: Path | None, out: Path, *, mix: list[float] | None = None,
@@ -40,9 +40,6 @@ def downstream(model: Path, data: Path, ecg_only: Path | None, out: Path, *, mix
                ablations: dict[str, Path] | None = None, config: str = "tiny", sets: list[str] | None = None,
                batch_size: int = 8) -> list[Path]:
     """Generate what is missing, then pretrain, fine-tune and score every fold (all resumable)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise InputError("torchrun", "downstream runs in one process for now (its ranks would write the "
-                         "same result files); run it without torchrun")
     overrides = list(sets or [])
     if mix is not None:
         overrides.append(f"mix=[{', '.join(f'{m:g}' for m in mix)}]")
@@ -51,7 +48,15 @@ def downstream(model: Path, data: Path, ecg_only: Path | None, out: Path, *, mix
     if controls is not None:
         overrides.append(f"controls=[{', '.join(controls)}]")
     cfg = load_config(DownstreamConfig, "downstream", config, overrides)
-    out = Path(out)
+    dist.setup_distributed(cfg.finetune.device)  # under torchrun: one process group for every run
+    try:
+        return _downstream(cfg, Path(model), Path(data), ecg_only, Path(out), ablations or {}, batch_size)
+    finally:
+        dist.teardown_distributed()
+
+
+def _downstream(cfg: DownstreamConfig, model: Path, data: Path, ecg_only: Path | None, out: Path,
+                ablations: dict[str, Path], batch_size: int) -> list[Path]:
     subjects, reserved = cohorts(data, cfg.folds, cfg.seed, cfg.pretrain_split)
     need = synthetic_needed(cfg, subjects, reserved)
     pools: dict[str, SyntheticPool] = {}
@@ -65,7 +70,7 @@ def downstream(model: Path, data: Path, ecg_only: Path | None, out: Path, *, mix
             sources["template"] = (Path(model), {"null_condition": True})
         if "shuffled" in cfg.controls:
             sources["shuffled"] = (Path(model), {"shuffle_seed": cfg.seed + 1})
-        for name, bundle in (ablations or {}).items():
+        for name, bundle in ablations.items():
             sources[f"ablation:{name}"] = (Path(bundle), {})
         for source, (bundle, options) in sources.items():
             folder = out / "synthetic" / source.replace(":", "-")
@@ -81,8 +86,12 @@ def downstream(model: Path, data: Path, ecg_only: Path | None, out: Path, *, mix
                 continue
             meta["generation"][source] = {"generated": summary.generated, "already_there": summary.skipped_existing,
                                           "failed": summary.failed, "seconds": round(summary.seconds, 2)}
+            dist.barrier()  # under torchrun each rank generated its share: wait for all of them
             files = [(sid, folder / "files" / shard_of(sid) / f"{sid}{SUFFIX['nii']}") for sid in chosen]
-            pools[source] = pack_pool(source, files, folder / "pack")
+            if dist.is_main():
+                pack_pool(source, files, folder / "pack")
+            dist.barrier()
+            pools[source] = pack_pool(source, files, folder / "pack")  # the finished pack, memory-mapped
     return run_downstream(cfg, data, pools, out, meta=meta)
 
 

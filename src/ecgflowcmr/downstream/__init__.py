@@ -33,4 +33,8 @@ def run_downstream(cfg: DownstreamConfig, store: Path, pools: dict[str, Syntheti
               "cohort": {"subjects": len(subjects), "pretrain_only_subjects": len(reserved), "synthetic_subjects": min((len(p.subject_ids) for p in pools.values()), default=0),
                          "tasks": tasks, "fold_sizes": [sum(s.fold == k for s in subjects) for k in range(cfg.folds)]},
               "sources": sorted(pools), "config": config_record(cfg), **(meta or {})}
-    return write_outputs(Path(out), rows, record)
+    from ecgflowcmr.training import distributed as dist
+
+    files = write_outputs(Path(out), rows, record) if dist.is_main() else []
+    dist.barrier()
+    return files

@@ -35,6 +35,7 @@ from ecgflowcmr.downstream.config import DownstreamConfig
 from ecgflowcmr.downstream.metrics import classification_metrics, regression_metrics
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.store.prepared import cine_from_uint8
+from ecgflowcmr.training import distributed as dist
 from ecgflowcmr.training.stages.cine_vit import DONE_FILE, finetune_setup, fit_once, pretrain_setup, seed_init
 
 RESULT_FILE = "result.json"
@@ -185,7 +186,8 @@ def _finetune(cfg: DownstreamConfig, task: Task, t: int, subjects: list[Subject]
     seed_init(cfg.seed, fold, 1 + t)
     setup = finetune_setup(cfg.model, task.kind, outputs, train_set, pretrained)
     # a task smaller than one batch trains on full-batch steps (recorded in fit.json)
-    train_cfg = dataclasses.replace(cfg.finetune, batch_size=min(cfg.finetune.batch_size, len(train_set)))
+    world = dist.info().world_size
+    train_cfg = dataclasses.replace(cfg.finetune, batch_size=min(cfg.finetune.batch_size, len(train_set) // world))
     summary = fit_once(setup, train_cfg, run_dir, run_config=cfg)
     summary["batch_size"] = train_cfg.batch_size
     _check_finished(summary, run_dir)
@@ -198,7 +200,9 @@ def _finetune(cfg: DownstreamConfig, task: Task, t: int, subjects: list[Subject]
               "subjects_test": [subjects[task.members[j]].subject_id for j in test],
               "metrics": [{**m, "n_train": len(train), "n_test": len(test)} for m in metrics],
               "fit": summary}
-    write_text_atomic(done, json.dumps(result, indent=2) + "\n")
+    if dist.is_main():  # every rank predicted the same fold with the same weights
+        write_text_atomic(done, json.dumps(result, indent=2) + "\n")
+    dist.barrier()
     return result
 
 

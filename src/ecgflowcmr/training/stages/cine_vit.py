@@ -25,6 +25,7 @@ from ecgflowcmr.errors import InputError
 from ecgflowcmr.models.video_vit import VideoMAE, VideoViTConfig, VideoViTPredictor
 from ecgflowcmr.store.prepared import StoreDataset, split_size
 from ecgflowcmr.training import checkpoint as ckpt
+from ecgflowcmr.training import distributed as dist
 from ecgflowcmr.training import seeding
 from ecgflowcmr.training.config import TrainConfig
 from ecgflowcmr.training.loop import Setup, fit
@@ -92,6 +93,7 @@ def load_encoder(predictor: VideoViTPredictor, mae_run: Path) -> None:
 
 def fit_once(setup: Setup, train: TrainConfig, run_dir: Path, run_config: Any = None) -> dict[str, Any]:
     """Train ``setup`` into ``run_dir`` unless finished; resume from the latest checkpoint if interrupted.
+    Under torchrun every rank calls it (DDP); rank 0 writes the files.
 
     Returns the run's ``fit.json`` (steps, time, items/s). On return ``setup.model`` holds the exported
     (EMA) weights of the finished run.
@@ -106,8 +108,9 @@ def fit_once(setup: Setup, train: TrainConfig, run_dir: Path, run_config: Any = 
     load_weights(setup.model, run_dir)
     summary = {"steps": result.steps, "stopped": result.stopped, "wall_time_s": round(result.wall_time_s, 3),
                "items_per_s": round(result.items_per_s, 3), "train_items": len(setup.train_set)}
-    if result.stopped == "done":
+    if result.stopped == "done" and dist.is_main():
         write_text_atomic(done, json.dumps(summary, indent=2) + "\n")
+    dist.barrier()  # every rank sees the run finished before any moves on
     return summary
 
 
