@@ -127,11 +127,13 @@ def run_experiment(cfg: DownstreamConfig, store: Path, pools: dict[str, Syntheti
     rows: list[dict[str, Any]] = []
     for fold in range(cfg.folds):
         train_real = [(real_arrays[s.split], s.index) for s in pretraining_real(subjects, reserved, fold)]
-        # shared pretraining (reserved split): one synthetic subset for every fold
-        order = np.random.default_rng([cfg.seed, 3, 0 if reserved else fold + 1]).permutation(len(synthetic_ids))
+        # the synthetic subset of this fold (nested over mixes); with a reserved split, one for every fold
+        key = [cfg.seed, 5] if reserved else [cfg.seed, 3, fold]
+        order = np.random.default_rng(key).permutation(len(synthetic_ids))
         for method in methods:
-            folder = out / "runs" / f"fold{fold}" / method.name.replace(":", "-")
-            pretrain_dir = (out / "runs" / "shared" if reserved else folder.parent) / folder.name / "pretrain"
+            name = method.name.replace(":", "-")
+            folder = out / "runs" / f"fold{fold}" / name
+            pretrain_dir = (out / "runs" / "shared" / name if reserved else folder) / "pretrain"
             pretrained = None
             if method.name != "scratch" and not (pretrain_dir / DONE_FILE).exists():
                 items = list(train_real)
