@@ -72,11 +72,50 @@ def test_objective_is_eq_4_to_7(alpha: float, use_template: bool) -> None:
     torch.testing.assert_close(z_t[0], z0[0])  # t = 0 is the noisy template
 
 
+@pytest.mark.parametrize("loss_space", ["velocity", "clean"])
+def test_clean_prediction_is_the_same_path_reparameterised(loss_space: str) -> None:
+    """prediction = clean: the network's output is ẑ1 − template and v̂ = (ẑ1 − z_t)/max(1 − t, ε); the loss is
+    Eq. 7 on that v̂, or (loss_space = clean) the squared error of ẑ1 = z_t + (1 − t)·v̂ against z1."""
+    flow = small_flow(alpha=0.8, prediction="clean", loss_space=loss_space, clean_t_eps=0.05)
+    g = torch.Generator().manual_seed(4)
+    z1, eps, out = (torch.randn(3, *SHAPE, generator=g) for _ in range(3))
+    c = torch.randn(3, 6, 8, generator=g)
+    t = torch.tensor([0.0, 0.5, 0.99])  # the last one hits the floor of 1 − t
+    flow.dit = Recorder(out)
+    loss, _ = flow.loss(z1, c, t, eps)
+    z0 = flow.template + 0.8 * eps
+    z_t = flow.dit.seen[0]
+    one_minus_t = torch.tensor([1.0, 0.5, 0.05])[:, None, None, None, None]
+    v = (flow.template + out - z_t) / one_minus_t
+    torch.testing.assert_close(flow.velocity(z_t, t, c), v)
+    weight = (1 - t)[:, None, None, None, None] if loss_space == "clean" else torch.ones(3, 1, 1, 1, 1)
+    torch.testing.assert_close(loss, ((weight * (v - (z1 - z0))) ** 2).mean())
+    if loss_space == "clean":  # above the floor the error is that of the clean latent: ẑ1 − z1
+        torch.testing.assert_close(weight[:2] * (v - (z1 - z0))[:2], (flow.template + out - z1)[:2])
+
+
 def test_initial_state_is_template_plus_alpha_noise() -> None:
     flow = small_flow(alpha=0.7)
     z0 = flow.initial_state(2, torch.Generator().manual_seed(5))
     eps = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(z0, flow.template + 0.7 * eps)
+
+
+@pytest.mark.parametrize("rho", [1.0, 0.9])
+def test_time_correlated_noise(rho: float) -> None:
+    """ε = √(1−ρ)·ε_frame + √ρ·ε_shared: unit variance per element, correlation ρ between any two frames; with
+    ρ = 1 one static noise image broadcast over time; the same draw in training and sampling."""
+    flow = small_flow(alpha=0.5, noise_time_correlation=rho)
+    eps = flow.noise(4000, torch.Generator().manual_seed(0))  # (4000, C, T, H', W')
+    assert eps.shape == (4000, *SHAPE)
+    assert abs(float(eps.var()) - 1) < 0.03
+    frames = eps[:, 0, :, 0, 0]  # (4000, T)
+    corr = torch.corrcoef(frames.T)[~torch.eye(SHAPE[1], dtype=torch.bool)]
+    assert (corr - rho).abs().max() < 0.06
+    if rho == 1.0:
+        torch.testing.assert_close(eps, eps[:, :, :1].expand_as(eps))
+    z0 = flow.initial_state(2, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(z0, flow.template + 0.5 * flow.noise(2, torch.Generator().manual_seed(7)))
 
 
 def test_forward_draws_and_returns_a_scalar_loss() -> None:
@@ -123,7 +162,9 @@ def test_every_parameter_gets_a_gradient(dropout: float) -> None:  # DDP without
     ("bad", "field"),
     [(dict(alpha=-1.0), "alpha"), (dict(use_template=False, alpha=0.0), "alpha"), (dict(cond_dropout=1.0), "cond_dropout"),
      (dict(logit_std=0.0), "logit_std"), (dict(sample_steps=0), "sample_steps"),
-     (dict(cond_dropout=0.0, sample_guidance=2.0), "sample_guidance")],
+     (dict(cond_dropout=0.0, sample_guidance=2.0), "sample_guidance"),
+     (dict(noise_time_correlation=1.5), "noise_time_correlation"),
+     (dict(noise_time_correlation=-0.1), "noise_time_correlation"), (dict(clean_t_eps=0.0), "clean_t_eps")],
 )
 def test_invalid_flow_configs_raise(bad: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -251,6 +292,30 @@ def test_a_few_training_steps_reduce_the_loss() -> None:
         loss.backward()
         opt.step()
     assert held_out_loss() < 0.7 * before
+
+
+def test_a_flow_trained_on_two_latents_reproduces_them_by_sampling() -> None:
+    """Plumbing end to end (objective → network → sampler): two conditions, each paired with one fixed latent.
+    A flow that memorised them must carry any noisy template to the right latent, for every noise draw."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    targets = torch.randn(2, *SHAPE, generator=g)  # (2, C, T, H', W')
+    template = targets.mean(0)
+    cond = torch.randn(2, 6, 8, generator=g)
+    flow = FlowMatching(FlowConfig(dit=dataclasses.replace(SMALL, width=64), alpha=0.5, cond_dropout=0.0), template)
+    opt = torch.optim.AdamW(flow.parameters(), lr=3e-3, weight_decay=0.0)
+    for _ in range(150):
+        loss, _ = flow({"z1": targets.repeat(4, 1, 1, 1, 1), "cond": cond.repeat(4, 1, 1)})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    flow.eval()
+    z = sample(flow, cond.repeat(4, 1, 1), steps=20, generator=torch.Generator().manual_seed(2))  # (8, ...)
+    own = ((z - targets.repeat(4, 1, 1, 1, 1)) ** 2).flatten(1).mean(1)
+    other = ((z - targets.flip(0).repeat(4, 1, 1, 1, 1)) ** 2).flatten(1).mean(1)
+    spread = ((targets[0] - targets[1]) ** 2).mean()
+    assert (own < 0.05 * spread).all(), (own, spread)
+    assert (other > 0.5 * spread).all()
 
 
 # --------------------------------------------------------------------------------------------------

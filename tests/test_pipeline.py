@@ -128,3 +128,28 @@ def test_report_metric_rows_pair_each_number_with_its_definition():
     ]
     html = _metrics_table(metrics)
     assert html.count("<tr>") == 5 and "20.1" in html and "held-out" in html and "value</th>" in html
+
+
+def test_the_pipeline_decodes_the_template_the_vae_stage_reported(demo_run: Path) -> None:
+    """Template shape and scale agree between the VAE stage and generation: the bundle's flow starts from the
+    VAE run's template, and decoding it on the pipeline's path scores the template PSNR the VAE stage reported
+    on the same held-out cines."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ecgflowcmr.data.store import StoreDataset, split_size
+    from ecgflowcmr.evaluation.image_metrics import psnr
+
+    pipe = load_pipeline(demo_run / "flow")
+    template = load_file(str(demo_run / "vae" / "template.safetensors"))["template"]
+    torch.testing.assert_close(pipe.flow.template, template)
+    z0 = pipe.flow.initial_state(1, torch.Generator().manual_seed(0))  # template + α·ε (Eq. 4)
+    eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(z0, template + pipe.flow.config.alpha * eps)
+    decoded = (pipe.vae.decode_latent(template[None]) + 1) / 2  # (1, 1, T, H, W) as generate_batch decodes
+    vae_metrics = json.loads((demo_run / "vae" / "metrics.json").read_text())
+    split = "test" if split_size(demo_run / "store", "test") > 0 else "val"  # as the VAE stage chooses
+    held_out = StoreDataset(demo_run / "store", split, fields=("cine",))
+    real = torch.stack([held_out[i]["cine"] for i in range(vae_metrics["n_held_out"]["value"])])
+    scores = psnr(decoded.expand_as(real), (real + 1) / 2)
+    assert abs(float(scores.mean()) - vae_metrics["template_psnr_db"]["value"]) < 1e-3

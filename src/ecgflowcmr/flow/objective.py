@@ -6,6 +6,16 @@
     v̂ = v_θ(z_t, t, c)                            (Eq. 6)
     L = E ‖v̂ − v_true‖²                           (Eq. 7, mean over elements)
 
+``prediction`` chooses what the network outputs; the path (Eq. 4) and the loss (Eq. 7) stay the same:
+
+    "velocity":  v̂ = net(z_t, t, c)                                  (the paper)
+    "clean":     ẑ1 = z_template + net(z_t, t, c),  v̂ = (ẑ1 − z_t) / max(1 − t, clean_t_eps)
+
+The second is the same velocity field reparameterised (the straight line from z_t through ẑ1, as JiT, Li &
+He 2025): the network predicts the clean latent as a deviation from the anatomical template, so an untrained
+or uncertain network lands on (a blur of) the template rather than on leftover noise, and Euler's last step
+returns ẑ1 itself.
+
 Latents z are (B, C, T=50, H'=12, W'=12) in the VAE's scaled units; the ECG condition c is (B, T, D_ecg)
 aligned PA-MAE tokens. ``FlowMatching`` holds the network, the template buffer (C, T, H', W') and the
 learned null condition used for classifier-free guidance; α and the sampling defaults live in its config.
@@ -34,6 +44,10 @@ class FlowConfig:
     """False = ablation 'no template': z0 = α·ε (pure noise)."""
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"
     """How t is drawn in training: U(0, 1) (paper), or sigmoid(N(logit_mean, logit_std²))."""
+    noise_time_correlation: float = 0.0
+    """ρ: correlation of ε between the T frames, ε = √(1−ρ)·ε_frame + √ρ·ε_shared with ε_shared (C, 1, H', W')
+    broadcast over time. 0 = Eq. 4 (i.i.d.); 1 = one noisy static anatomy, like the static template, so that
+    the noise varies the anatomy and the ECG drives the motion (cine latents are nearly constant over time)."""
     logit_mean: float = 0.0
     """Mean of the logit-normal t distribution."""
     logit_std: float = 1.0
@@ -47,18 +61,30 @@ class FlowConfig:
     """Default integrator: 'euler' (Eq. 8, 1 pass per step) or 'heun' (2 passes per step)."""
     sample_guidance: float | None = None
     """Default classifier-free guidance weight w (v = v_u + w·(v_c − v_u)); None = conditional only."""
+    prediction: Literal["velocity", "clean"] = "velocity"
+    """What the network outputs: the velocity (paper, Eq. 6) or the clean latent ẑ1 as a deviation from the
+    template, turned into v̂ = (ẑ1 − z_t)/max(1 − t, clean_t_eps) (see the module docstring)."""
+    loss_space: Literal["velocity", "clean"] = "velocity"
+    """Where the squared error is taken: on the velocity (Eq. 7), or on the clean latent ẑ1 = z_t + (1 − t)·v̂
+    against z1, i.e. Eq. 7 weighted by (1 − t)² (the weighting of x-prediction with an x-loss)."""
+    clean_t_eps: float = 0.05
+    """Floor of 1 − t when a clean prediction is turned into a velocity (bounds the loss weight near t = 1)."""
 
     def __post_init__(self) -> None:
         if self.alpha < 0:
             raise ConfigError("model.alpha", f"must be ≥ 0, got {self.alpha}")
         if not self.use_template and self.alpha == 0:
             raise ConfigError("model.alpha", "must be > 0 without a template (z0 would be all zeros)")
+        if not 0 <= self.noise_time_correlation <= 1:
+            raise ConfigError("model.noise_time_correlation", f"must be in [0, 1], got {self.noise_time_correlation}")
         if self.logit_std <= 0:
             raise ConfigError("model.logit_std", f"must be > 0, got {self.logit_std}")
         if not 0 <= self.cond_dropout < 1:
             raise ConfigError("model.cond_dropout", f"must be in [0, 1), got {self.cond_dropout}")
         if self.sample_steps < 1:
             raise ConfigError("model.sample_steps", f"must be ≥ 1, got {self.sample_steps}")
+        if not 0 < self.clean_t_eps <= 1:
+            raise ConfigError("model.clean_t_eps", f"must be in (0, 1], got {self.clean_t_eps}")
         if self.sample_guidance is not None and self.cond_dropout == 0:
             raise ConfigError("model.sample_guidance", "guidance needs cond_dropout > 0 (an unconditional model)")
 
@@ -67,6 +93,15 @@ class FlowConfig:
         """(C, T, H', W')."""
         d = self.dit
         return (d.latent_channels, d.frames, d.latent_size, d.latent_size)
+
+
+def _unit(tt: Tensor) -> float:
+    return 1.0
+
+
+def _one_minus(tt: Tensor) -> Tensor:
+    """(1 − t): the velocity error times it is the clean-latent error, ẑ1 − z1 = (1 − t)(v̂ − v_true)."""
+    return 1 - tt
 
 
 class FlowMatching(nn.Module):
@@ -85,13 +120,23 @@ class FlowMatching(nn.Module):
         elif tuple(template.shape) != config.latent_shape:
             raise ConfigError("template", f"shape {tuple(template.shape)} is not {config.latent_shape}")
         self.register_buffer("template", template.detach().float().clone())  # (C, T, H', W')
+        self._to_velocity = self._velocity_from_clean if config.prediction == "clean" else self._velocity_as_is
+        self._loss_weight = _one_minus if config.loss_space == "clean" else _unit
 
     # -- the paper's pieces --------------------------------------------------------------------------
 
+    def noise(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
+        """ε (batch, C, T, H', W'): N(0, I) per element, with correlation ρ between frames (config)."""
+        shape, device, rho = (batch, *self.template.shape), self.template.device, self.config.noise_time_correlation
+        eps = torch.randn(shape, generator=generator, device=device)
+        if rho == 0:
+            return eps
+        shared = torch.randn((batch, shape[1], 1, *shape[3:]), generator=generator, device=device)
+        return (1 - rho) ** 0.5 * eps + rho**0.5 * shared  # still unit variance per element
+
     def initial_state(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
-        """Eq. 4: z0 = z_template + α·ε, (batch, C, T, H', W'); ε drawn from ``generator``."""
-        eps = torch.randn((batch, *self.template.shape), generator=generator, device=self.template.device)
-        return self.template + self.config.alpha * eps
+        """Eq. 4: z0 = z_template + α·ε, (batch, C, T, H', W'); ε from :meth:`noise` drawn from ``generator``."""
+        return self.template + self.config.alpha * self.noise(batch, generator)
 
     def sample_time(self, batch: int) -> Tensor:
         """t (batch,) in (0, 1): U(0, 1) or logit-normal, per the config."""
@@ -109,7 +154,15 @@ class FlowMatching(nn.Module):
 
     def velocity(self, z_t: Tensor, t: Tensor, c: Tensor) -> Tensor:
         """Eq. 6: v̂ = v_θ(z_t, t, c); z_t (B, C, T, H', W'), t (B,), c (B, T, D_ecg)."""
-        return self.dit(z_t, t, c)
+        return self._to_velocity(self.dit(z_t, t, c), z_t, t)
+
+    def _velocity_as_is(self, out: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
+        return out
+
+    def _velocity_from_clean(self, out: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
+        """out = ẑ1 − z_template (B, C, T, H', W') → v̂ = (ẑ1 − z_t) / max(1 − t, ε)."""
+        one_minus_t = (1 - t).clamp_min(self.config.clean_t_eps)[:, None, None, None, None]
+        return (self.template + out - z_t) / one_minus_t
 
     def loss(self, z1: Tensor, c: Tensor, t: Tensor, eps: Tensor, drop: Tensor | None = None) -> tuple[Tensor, dict]:
         """Eq. 4–7 for given t (B,), ε (B, C, T, H', W') and condition-dropout mask drop (B,) bool."""
@@ -119,7 +172,7 @@ class FlowMatching(nn.Module):
         if drop is not None:
             c = torch.where(drop[:, None, None], self.null_condition(c.shape[0]), c)  # (B, T, D_ecg)
         v = self.velocity(z_t, t, c)  # (B, C, T, H', W')  Eq. 6
-        loss = F.mse_loss(v, z1 - z0)  # Eq. 5, 7
+        loss = F.mse_loss(v * self._loss_weight(tt), (z1 - z0) * self._loss_weight(tt))  # Eq. 5, 7
         return loss, {"mse": loss.detach()}
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
@@ -127,6 +180,6 @@ class FlowMatching(nn.Module):
         z1, c = batch["z1"], batch["cond"]
         b = z1.shape[0]
         t = self.sample_time(b)
-        eps = torch.randn_like(z1)
+        eps = self.noise(b)
         drop = torch.rand(b, device=z1.device) < self.config.cond_dropout if self.config.cond_dropout > 0 else None
         return self.loss(z1, c, t, eps, drop)
