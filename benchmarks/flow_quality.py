@@ -162,7 +162,8 @@ def train_variant(sets: list[str], preset: str, seed: int, train_pairs, template
     seed_everything(derive_seed(cfg.train.seed, Purpose.INIT))
     first = train_pairs[0]
     config = flow_stage.fit_to_upstream(cfg.model, first["z1"][None], first["cond"][None])
-    model = FlowMatching(config, template if config.use_template else None)
+    model = FlowMatching(config, template if config.use_template else None,
+                         flow_stage.condition_statistics(train_pairs) if config.standardise_condition else None)
     start = time.perf_counter()
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resumed one
     run_dir.mkdir(parents=True)
@@ -212,6 +213,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["base:"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--decode", type=int, default=48, help="held-out items decoded for the pixel measures")
+    ap.add_argument("--no-baselines", dest="baselines", action="store_false", help="skip the reference rows")
     ap.add_argument("--train-every", type=int, default=1, help="train on items 0, k, 2k, … of the training split")
     ap.add_argument("--gen-train", type=int, default=400, help="training subjects generated for 'dx gen→gen'")
     args = ap.parse_args()
@@ -274,7 +276,7 @@ def main() -> None:
     print(json.dumps({"dx real→real": balanced_accuracy_score(y_te, clf_lat.predict(flat(test["z1"]))),
                       "dx px real→real": balanced_accuracy_score(y_te[:n_dec], clf_px.predict(pixel_features(real_te_px))),
                       **ceiling}), flush=True)
-    for name, z in baselines.items():
+    for name, z in baselines.items() if args.baselines else ():
         measure(name, z, None, None, {})
 
     seeds_te = np.arange(len(test["z1"]))

@@ -472,6 +472,30 @@ def test_stage_needs_both_upstream_runs(synthetic_store: Path, tmp_path: Path) -
         flow_stage.build(flow_stage.RunConfig(), synthetic_store, tmp_path, pamae=None, vae=tmp_path)
 
 
+def test_standardised_condition_uses_the_training_statistics(synthetic_store: Path, tmp_path: Path,
+                                                             real_upstream: dict) -> None:
+    """standardise_condition: the stage computes μ, σ (T, D) over the training split's aligned tokens, the flow
+    feeds the DiT (c − μ)/σ, and both buffers travel with the weights."""
+    from ecgflowcmr.store.latents import read_encoded_split
+    from ecgflowcmr.training.stages import flow as flow_stage
+    from ecgflowcmr.training.tasks import run_stage
+
+    sets = ["train.steps=2", "train.batch_size=2", "train.val_every=0", "train.device=cpu", "model.sample_steps=1",
+            "eval.max_items=2", "model.standardise_condition=true", "model.noise_time_correlation=1.0"]
+    run = run_stage(flow_stage, "flow", synthetic_store, tmp_path / "run", config="tiny", sets=sets, **real_upstream)
+    cond = read_encoded_split(run, "train")["cond"]  # (N, T, D)
+    flow = load_model(run, "flow")
+    torch.testing.assert_close(flow.cond_mean, cond.mean(0))
+    torch.testing.assert_close(flow.cond_std, cond.std(0, unbiased=False).clamp_min(1e-6), rtol=1e-4, atol=1e-5)
+    z, t, c = torch.randn(2, *flow.template.shape), torch.tensor([0.2, 0.7]), cond[:2]
+    seen = {}
+    flow.dit.register_forward_hook(lambda module, args, out: seen.update(c=args[2]))
+    flow.velocity(z, t, c)
+    torch.testing.assert_close(seen["c"], (c - flow.cond_mean) / flow.cond_std)
+    with pytest.raises(ConfigError):
+        FlowMatching(FlowConfig(dit=SMALL), cond_stats=(torch.zeros(6, 8), torch.ones(6, 8)))
+
+
 # --------------------------------------------------------------------------------------------------
 # The latent cache: memory-mapped, written once, joined in item order
 # --------------------------------------------------------------------------------------------------

@@ -44,6 +44,10 @@ class FlowConfig:
     """False = ablation 'no template': z0 = α·ε (pure noise)."""
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"
     """How t is drawn in training: U(0, 1) (paper), or sigmoid(N(logit_mean, logit_std²))."""
+    standardise_condition: bool = False
+    """Feed the network (c − μ)/σ, with μ, σ (T, D_ecg) the mean and spread over the training subjects of each
+    aligned token channel (buffers computed by the flow stage, saved with the weights): what tells subjects apart
+    is ~10× smaller than an ECG token's own scale, and the DiT's condition embeddings start near zero."""
     noise_time_correlation: float = 0.0
     """ρ: correlation of ε between the T frames, ε = √(1−ρ)·ε_frame + √ρ·ε_shared with ε_shared (C, 1, H', W')
     broadcast over time. 0 = Eq. 4 (i.i.d.); 1 = one noisy static anatomy, like the static template, so that
@@ -107,10 +111,21 @@ def _one_minus(tt: Tensor) -> Tensor:
 class FlowMatching(nn.Module):
     """AMDF flow: ``forward(batch) -> (loss, parts)`` with batch {"z1": (B, C, T, H', W'), "cond": (B, T, D)}."""
 
-    def __init__(self, config: FlowConfig, template: Tensor | None = None):
+    def __init__(self, config: FlowConfig, template: Tensor | None = None,
+                 cond_stats: tuple[Tensor, Tensor] | None = None):
+        """``cond_stats``: (μ, σ) each (T, D_ecg) when ``standardise_condition`` (None: 0 and 1 until loaded)."""
         super().__init__()
         self.config = config
         self.dit = DiT(config.dit)
+        if config.standardise_condition:
+            shape = (config.dit.frames, config.dit.cond_dim)
+            mean, std = cond_stats if cond_stats is not None else (torch.zeros(shape), torch.ones(shape))
+            if tuple(mean.shape) != shape or tuple(std.shape) != shape:
+                raise ConfigError("cond_stats", f"shapes {tuple(mean.shape)}, {tuple(std.shape)} are not {shape}")
+            self.register_buffer("cond_mean", mean.detach().float().clone())  # (T, D_ecg)
+            self.register_buffer("cond_std", std.detach().float().clamp_min(1e-6).clone())  # (T, D_ecg)
+        elif cond_stats is not None:
+            raise ConfigError("model.standardise_condition", "is false, yet condition statistics were given")
         if config.cond_dropout > 0:  # only then trained (and an unused parameter would trouble DDP)
             self.null_cond = nn.Parameter(torch.randn(config.dit.frames, config.dit.cond_dim) * 0.02)  # (T, D_ecg)
         if template is None:
@@ -154,6 +169,8 @@ class FlowMatching(nn.Module):
 
     def velocity(self, z_t: Tensor, t: Tensor, c: Tensor) -> Tensor:
         """Eq. 6: v̂ = v_θ(z_t, t, c); z_t (B, C, T, H', W'), t (B,), c (B, T, D_ecg)."""
+        if self.config.standardise_condition:
+            c = (c - self.cond_mean) / self.cond_std  # (B, T, D_ecg)
         return self._to_velocity(self.dit(z_t, t, c), z_t, t)
 
     def _velocity_as_is(self, out: Tensor, z_t: Tensor, t: Tensor) -> Tensor:

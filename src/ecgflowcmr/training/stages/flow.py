@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -104,6 +105,18 @@ def encoded_splits(data: Path, run_dir: Path, pamae: Path, vae: Path, batch_size
     return out
 
 
+def condition_statistics(pairs: LatentPairs) -> tuple[Tensor, Tensor]:
+    """(mean, std) over the items of each aligned ECG token channel, each (T, D); read shard by shard."""
+    total, total_sq, n = 0.0, 0.0, 0
+    for arrays in pairs.arrays:
+        cond = np.asarray(arrays["cond"], dtype=np.float64)  # (n_s, T, D)
+        if cond.ndim == 3:
+            total, total_sq, n = total + cond.sum(0), total_sq + (cond**2).sum(0), n + len(cond)
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+    return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
+
+
 def fit_to_upstream(config: FlowConfig, z1: Tensor, cond: Tensor) -> FlowConfig:
     """The DiT's latent shape and ECG width are not free choices: take them from the encoded data."""
     _, c, t, h, w = z1.shape
@@ -136,7 +149,7 @@ def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = Non
     first = train[0]
     config = fit_to_upstream(cfg.model, first["z1"][None], first["cond"][None])
     template = read_template(Path(vae)) if config.use_template else None
-    model = FlowMatching(config, template)
+    model = FlowMatching(config, template, condition_statistics(train) if config.standardise_condition else None)
     write_text_atomic(Path(run_dir) / "upstream.json",
                       json.dumps({"pamae": str(Path(pamae).resolve()), "vae": str(Path(vae).resolve())}, indent=2))
     return Setup(model=model, train_set=train, val_set=encoded.get("val"))
