@@ -51,32 +51,32 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ecgflowcmr.bundle import WEIGHTS_FILE, load_model, load_weights, read_template
 from ecgflowcmr.config import dump_yaml, load_config
-from ecgflowcmr.data.store import StoreDataset, cine_from_uint8
 from ecgflowcmr.evaluation.conditioning import circular_frame_error, es_frame
 from ecgflowcmr.flow.objective import FlowMatching
 from ecgflowcmr.flow.sampler import sample
 from ecgflowcmr.models.dit import count_parameters
-from ecgflowcmr.training.checkpoint import load_weights
+from ecgflowcmr.store import latents
+from ecgflowcmr.store.prepared import StoreDataset, cine_from_uint8
 from ecgflowcmr.training.loop import Setup, fit
 from ecgflowcmr.training.seeding import Purpose, derive_seed, seed_everything
 from ecgflowcmr.training.stages import flow as flow_stage
-from ecgflowcmr.training.stages import vae as vae_stage
 
 # --------------------------------------------------------------------------------------------------
 # Data: latents and ECG tokens (encoded once), real cines and labels
 # --------------------------------------------------------------------------------------------------
 
 
-def encoded(store: Path, split: str, every: int, out: Path, pamae: Path, vae: Path) -> flow_stage.LatentPairs:
+def encoded(store: Path, split: str, every: int, out: Path, pamae: Path, vae: Path) -> latents.LatentPairs:
     """Items 0, every, 2·every, … of a split encoded by the flow stage's own encoder, cached in ``out``."""
     folder = out / f"{split}-every{every}"
-    key = flow_stage._cache_key(store, split, pamae, vae)
-    if not flow_stage._cache_is_current(folder, key):
+    key = latents.cache_key(store, split, pamae / WEIGHTS_FILE, vae / WEIGHTS_FILE)
+    if not latents.cache_is_current(folder, key):
         nets = flow_stage.load_frozen(pamae, vae, torch.device("cpu"))
         out.mkdir(parents=True, exist_ok=True)
-        flow_stage.encode_split(store, split, *nets, 8, torch.device("cpu"), folder, key, rank=0, world=every)
-    return flow_stage.LatentPairs([folder])
+        latents.encode_split(store, split, *nets, 8, torch.device("cpu"), folder, key, rank=0, world=every)
+    return latents.LatentPairs([folder])
 
 
 def real_cines(store: Path, split: str, index: np.ndarray) -> np.ndarray:
@@ -222,8 +222,8 @@ def main() -> None:
     train_pairs = encoded(args.train_store, "train", args.train_every, args.out / "cache", args.pamae, args.vae)
     train = train_pairs.tensors()
     test = encoded(args.test_store, "test", 1, args.out / "cache", args.pamae, args.vae).tensors()
-    template = flow_stage.read_template(args.vae)
-    vae = vae_stage.load(args.vae)
+    template = read_template(args.vae)
+    vae = load_model(args.vae, "vae")
     n_dec = min(args.decode, len(test["z1"]))
     y_tr = labels(args.train_store, "train", train["index"].numpy())
     y_te = labels(args.test_store, "test", test["index"].numpy())

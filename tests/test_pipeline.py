@@ -137,8 +137,8 @@ def test_the_pipeline_decodes_the_template_the_vae_stage_reported(demo_run: Path
     import torch
     from safetensors.torch import load_file
 
-    from ecgflowcmr.data.store import StoreDataset, split_size
-    from ecgflowcmr.evaluation.image_metrics import psnr
+    from ecgflowcmr.models.image_metrics import psnr
+    from ecgflowcmr.store.prepared import StoreDataset, split_size
 
     pipe = load_pipeline(demo_run / "flow")
     template = load_file(str(demo_run / "vae" / "template.safetensors"))["template"]
