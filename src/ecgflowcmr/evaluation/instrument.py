@@ -131,9 +131,34 @@ class Readout:
 
 
 def read_cines(segmenter: Segmenter, cines01: np.ndarray) -> Readout:
-    """Cines (N, T, H, W) in [0, 1] → :class:`Readout`."""
-    areas, feats = segmenter.analyse(cines01)
+    """Cines (N, T, H, W) in [0, 1] → :class:`Readout` (sharded across ranks under torchrun)."""
+    areas, feats = shard_map(segmenter.analyse, cines01)
     return Readout(areas, feats)
+
+
+def shard_map(fn: Any, *arrays: np.ndarray) -> Any:
+    """``fn(*arrays)`` over items (first axis); under an initialised process group (torchrun) rank r takes
+    items r, r + W, … and every rank gets the whole result back, in item order. ``fn`` returns an array or
+    a tuple of arrays with the items first."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return fn(*arrays)
+    rank, world, n = dist.get_rank(), dist.get_world_size(), len(arrays[0])
+    mine = np.arange(rank, n, world)
+    part = fn(*(a[mine] for a in arrays)) if len(mine) else None
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, (mine, part))
+    done = [(idx, p if isinstance(p, tuple) else (p,)) for idx, p in gathered if p is not None]
+    is_tuple = isinstance(next(p for _, p in gathered if p is not None), tuple)
+    outs = []
+    for k in range(len(done[0][1])):
+        first = done[0][1][k]
+        full = np.empty((n, *first.shape[1:]), dtype=first.dtype)
+        for idx, p in done:
+            full[idx] = p[k]
+        outs.append(full)
+    return tuple(outs) if is_tuple else outs[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,17 +269,21 @@ def ecg_features(pipe: Any, ecgs: np.ndarray, batch_size: int = 32, bins: int = 
 
 def generate_cines(pipe: Any, ecgs: np.ndarray, seeds: list[int], batch_size: int = 8,
                    steps: int | None = None) -> np.ndarray:
-    """(N, 12, 5000) mV with one noise seed per item → (N, 50, 96, 96) in [0, 1] (``Pipeline.generate_batch``)."""
+    """(N, 12, 5000) mV with one noise seed per item → (N, 50, 96, 96) in [0, 1] (``Pipeline.generate_batch``;
+    an item's cine depends only on its ECG and seed, so batches and torchrun shards give the same cines)."""
     import torch
 
-    parts = []
-    for start in range(0, len(ecgs), batch_size):
-        x = torch.from_numpy(np.asarray(ecgs[start:start + batch_size], dtype=np.float32))
-        frames, valid = pipe.generate_batch(x, steps=steps, seed=list(seeds[start:start + batch_size]))
-        if not valid.all():
-            raise InputError("ecg", f"items {(start + np.flatnonzero(~valid)).tolist()}: no usable cardiac cycle")
-        parts.append(frames)
-    return np.concatenate(parts)
+    def run(x_all: np.ndarray, seed_all: np.ndarray) -> np.ndarray:
+        parts = []
+        for start in range(0, len(x_all), batch_size):
+            x = torch.from_numpy(np.asarray(x_all[start:start + batch_size], dtype=np.float32))
+            frames, valid = pipe.generate_batch(x, steps=steps, seed=[int(s) for s in seed_all[start:start + batch_size]])
+            if not valid.all():
+                raise InputError("ecg", f"{int((~valid).sum())} item(s): no usable cardiac cycle in the ECG")
+            parts.append(frames)
+        return np.concatenate(parts)
+
+    return shard_map(run, np.asarray(ecgs), np.asarray(seeds, dtype=np.int64))
 
 
 def decode_template(pipe: Any) -> np.ndarray:
@@ -324,6 +353,8 @@ class InstrumentResult:
     cines: dict[str, np.ndarray]
     headline: dict[str, float | None]
     timings: dict[str, float]
+    template_cine: np.ndarray
+    """The decoded template (1, T, H, W) in [0, 1]: the ``template_only`` source for every subject."""
 
 
 def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, seed: int = 0,
@@ -356,16 +387,14 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
 
     test_seeds = [item_seed(seed, s) for s in test.subject_ids]
     partner = swap_partners(len(test.cines01))
-    cines = {
-        "real": test.cines01,
-        "generated": generate_cines(pipe, test.ecgs, test_seeds, batch_size, steps),
-        "shuffled_ecg": generate_cines(pipe, test.ecgs[partner], test_seeds, batch_size, steps),
-    }
+    cines = {"real": test.cines01, "generated": generate_cines(pipe, test.ecgs, test_seeds, batch_size, steps)}
     lap("generate_test_s")
+    cines["shuffled_ecg"] = generate_cines(pipe, test.ecgs[partner], test_seeds, batch_size, steps)
+    lap("generate_shuffled_s")
     generated_train = generate_cines(pipe, train.ecgs, [item_seed(seed, s) for s in train.subject_ids],
                                      batch_size, steps)
     lap("generate_train_s")
-    cines["vae_reconstruction"] = vae_reconstruct(pipe, test.cines01)
+    cines["vae_reconstruction"] = shard_map(lambda x: vae_reconstruct(pipe, x), test.cines01)
     template = decode_template(pipe)
     feats_train, feats_test = ecg_features(pipe, train.ecgs), ecg_features(pipe, test.ecgs)
     nearest = nearest_by_cosine(*_standardised(feats_test, feats_train))
@@ -431,7 +460,7 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
     curves["template_only"] = np.repeat(smooth_circular(read_template.areas[..., LV]), n, axis=0)
     lap("total_s")
     timings["total_s"] = sum(timings.values())
-    return InstrumentResult(metrics, measures, curves, cines, _headline(metrics), timings)
+    return InstrumentResult(metrics, measures, curves, cines, _headline(metrics), timings, template)
 
 
 def _standardised(query: np.ndarray, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
