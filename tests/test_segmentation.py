@@ -91,7 +91,7 @@ def test_dice_and_bad_configs() -> None:
 
 
 def test_store_masks_follow_the_canonical_crop(phantom_store: Path, synthetic_store: Path) -> None:
-    from ecgflowcmr.data.store import StoreDataset
+    from ecgflowcmr.store.prepared import StoreDataset
 
     masks = read_store_masks(phantom_store, "test", [0, 1])
     cines = np.asarray(StoreDataset(phantom_store, "test", fields=("cine",)).array("cine")[:2], dtype=np.float32)

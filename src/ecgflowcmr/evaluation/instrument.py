@@ -331,7 +331,7 @@ class Cohort:
 
     @classmethod
     def from_store(cls, store: str | Path, split: str, limit: int | None = None) -> Cohort:
-        from ecgflowcmr.data.store import StoreDataset
+        from ecgflowcmr.store.prepared import StoreDataset
 
         data = StoreDataset(store, split, fields=("ecg", "cine"))
         n = len(data) if limit is None else min(limit, len(data))
@@ -366,7 +366,7 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
     ridge ceiling and is the retrieval pool; ``test_split`` is measured. The noise of subject s is
     ``item_seed(seed, s)``; ``steps``: sampler steps (default: the bundle's).
     """
-    from ecgflowcmr.generate import item_seed
+    from ecgflowcmr.commands.generate import item_seed
     from ecgflowcmr.pipeline import Pipeline, load_pipeline
 
     timings: dict[str, float] = {}

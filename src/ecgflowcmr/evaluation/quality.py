@@ -51,7 +51,7 @@ def temporal_jerk(cines01: np.ndarray) -> float:
 
 
 def _paired(real: np.ndarray, other: np.ndarray) -> dict[str, float]:
-    from ecgflowcmr.evaluation.image_metrics import psnr, ssim
+    from ecgflowcmr.models.image_metrics import psnr, ssim
 
     a, b = torch.from_numpy(np.asarray(other, dtype=np.float32)), torch.from_numpy(np.asarray(real, dtype=np.float32))
     return {"psnr_db": float(psnr(a, b).mean()), "ssim": float(ssim(a, b).mean())}

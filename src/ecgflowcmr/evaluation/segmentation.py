@@ -182,9 +182,9 @@ def read_store_masks(store: str | Path, split: str, indices: list[int] | None = 
     The store records its manifest; each row's ``mask_path`` is read with ``read_mask`` against the cine
     re-read with that mask (the crop the store used), and the re-read cine must match the stored one.
     """
-    from ecgflowcmr.data.cmr import read_cine, read_mask
-    from ecgflowcmr.data.manifest import read_manifest
-    from ecgflowcmr.data.store import StoreDataset, cine_to_uint8, read_store_meta
+    from ecgflowcmr.io.cmr import read_cine, read_mask
+    from ecgflowcmr.io.manifest import read_manifest
+    from ecgflowcmr.store.prepared import StoreDataset, cine_to_uint8, read_store_meta
 
     meta = read_store_meta(store)
     if "manifest" not in meta:
@@ -216,7 +216,7 @@ def read_store_masks(store: str | Path, split: str, indices: list[int] | None = 
 def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
     """x (B, 1, H, W) in [-1, 1]: per image random blur σ ∈ [0, 1.5], contrast ×[0.7, 1.3], shift ±0.2,
     noise σ ∈ [0, 0.08]; clipped to [-1, 1]."""
-    from ecgflowcmr.evaluation.image_metrics import gaussian_window
+    from ecgflowcmr.models.image_metrics import gaussian_window
 
     b = x.shape[0]
     u = torch.rand(b, 4, generator=generator)
@@ -294,7 +294,7 @@ def fit_segmenter(cines01: np.ndarray, masks: np.ndarray, config: SegConfig,
 def train_segmenter(store: str | Path, out: str | Path, config: SegConfig | str = "default") -> Segmenter:
     """Train on the store's train split (masks via its manifest), Dice on up to ``val_items`` val cines,
     and save to ``out`` (model.safetensors, config.json, metrics.json)."""
-    from ecgflowcmr.data.store import StoreDataset
+    from ecgflowcmr.store.prepared import StoreDataset
 
     config = PRESETS[config] if isinstance(config, str) else config
     train = StoreDataset(store, "train", fields=("cine",))
@@ -320,7 +320,7 @@ def train_segmenter(store: str | Path, out: str | Path, config: SegConfig | str 
 
 
 def _splits(store: str | Path) -> list[str]:
-    from ecgflowcmr.data.store import read_store_meta
+    from ecgflowcmr.store.prepared import read_store_meta
 
     return list(read_store_meta(store)["splits"])
 
