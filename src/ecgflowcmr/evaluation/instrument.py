@@ -27,7 +27,7 @@ refit: a constant at the mean scores 0, worse is negative) and MAE. The same num
 Diagnosis (balanced accuracy, logistic regression on standardised cine features): trained on real training
 cines and applied to real vs generated test cines (realism); trained on generated training cines and scored
 on generated test cines, against the same classifier on the PA-MAE ECG features (does the cine carry what
-the ECG knows?). Every generated cine uses its own noise (``generate.item_seed(seed, subject_id)``, as
+the ECG knows?). Every generated cine uses its own noise (``pipeline.item_seed(seed, subject_id)``, as
 ``generate`` over a manifest). Realism also gets the in-domain Fréchet distances (``fid_cmr`` frame-wise,
 ``fvd_cmr`` pooled over time, from the segmenter's bottleneck), a sharpness ratio and a real-vs-generated
 classifier's AUC, each beside its real-vs-real floor.
@@ -259,7 +259,7 @@ def ecg_features(pipe: Any, ecgs: np.ndarray, batch_size: int = 32, bins: int = 
     with torch.no_grad():
         for start in range(0, len(ecgs), batch_size):
             x = torch.from_numpy(np.asarray(ecgs[start:start + batch_size], dtype=np.float32)).to(pipe.device)
-            aligned = pipe.pamae.encode_aligned(x)
+            aligned = pipe.encode_ecg(x)  # the generator's own condition (R-peaks found as it finds them)
             tokens, _ = pipe.pamae.encode(x)
             b, t, d = aligned.tokens.shape
             pooled = aligned.tokens[:, : t - t % bins].reshape(b, bins, -1, d).mean(2).flatten(1)
@@ -366,8 +366,7 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
     ridge ceiling and is the retrieval pool; ``test_split`` is measured. The noise of subject s is
     ``item_seed(seed, s)``; ``steps``: sampler steps (default: the bundle's).
     """
-    from ecgflowcmr.commands.generate import item_seed
-    from ecgflowcmr.pipeline import Pipeline, load_pipeline
+    from ecgflowcmr.pipeline import Pipeline, item_seed, load_pipeline
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()

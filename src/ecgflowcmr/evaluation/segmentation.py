@@ -25,11 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ecgflowcmr.atomic import atomic_dir
+from ecgflowcmr.canonical import SPACING_MM
 from ecgflowcmr.errors import ConfigError, InputError
 
 CLASSES = ("background", "lv_pool", "lv_myocardium", "rv_pool", "la", "ra")
-SPACING_MM = 1.8
-"""Canonical in-plane spacing (172.8 mm field of view over 96 pixels, ``read_cine``'s default)."""
 PIXEL_AREA_MM2 = SPACING_MM * SPACING_MM
 
 
