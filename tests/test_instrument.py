@@ -84,3 +84,40 @@ def test_sharpness_falls_with_blur() -> None:
     rng = np.random.default_rng(3)
     x = (rng.random((2, 3, 32, 32)) > 0.5).astype(np.float32)
     assert sharpness(gaussian_filter(x, sigma=(0, 0, 2, 2))) < 0.3 * sharpness(x)
+
+
+def _shard_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from ecgflowcmr.evaluation.instrument import shard_map
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    items = np.arange(7.0)[:, None] * np.ones((1, 3))
+    computed: list[float] = []
+
+    def fn(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        computed.extend(x[:, 0].tolist())
+        return x * 10, x[:, :1]
+
+    seen = shard_map(fn, items)
+    single = shard_map(lambda x: x.sum(axis=1), items)
+    np.save(f"{out}-{rank}.npy", np.concatenate([seen[0].ravel(), seen[1].ravel(), single]))
+    np.save(f"{out}-{rank}-computed.npy", np.array(computed))
+    dist.destroy_process_group()
+
+
+def test_shard_map_gathers_every_rank_in_item_order(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    from ecgflowcmr.evaluation.instrument import shard_map
+
+    items = np.arange(7.0)[:, None] * np.ones((1, 3))
+    expected = np.concatenate([(items * 10).ravel(), items[:, :1].ravel(), items.sum(axis=1)])
+    alone = shard_map(lambda x: (x * 10, x[:, :1]), items)  # no process group: a plain call
+    np.testing.assert_array_equal(np.concatenate([alone[0].ravel(), alone[1].ravel()]), expected[:28])
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_shard_worker, args=(init, str(tmp_path / "out")), nprocs=2, join=True)
+    for rank in range(2):
+        np.testing.assert_array_equal(np.load(tmp_path / f"out-{rank}.npy"), expected)
+        # rank r computed items r, r + 2, …: each item once over the ranks
+        np.testing.assert_array_equal(np.load(tmp_path / f"out-{rank}-computed.npy"), np.arange(rank, 7, 2))
