@@ -429,7 +429,9 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
                              "swapped": contraction_curve(read["shuffled_ecg"].areas)},
                             partner, CURVE_DEFINITION, curve_name="lv_area_curve")
     diagnosis = _diagnosis_section(train, test, read_real_train, read_gen_train, read, feats_train, feats_test)
-    realism = _realism_section(read_real_train, read, cines, train_n=len(train.cines01))
+    read_template_each = read_template.take(np.zeros(n, dtype=int))  # the one template cine, once per subject
+    realism = _realism_section(read_real_train, {**read, "template_only": read_template_each}, cines,
+                               train_n=len(train.cines01))
     realism["identification_generated"] = {
         "value": identification(measures["generated"], real_m),
         "definition": "mean fraction of other test subjects' real cines farther (standardised measure space) "
@@ -518,7 +520,7 @@ def _realism_section(real_train: Readout, read: dict[str, Readout], cines: dict[
     video_def = (f"in-domain Fréchet distance (not the I3D FVD) between per-video features (the segmenter's "
                  f"frame features' mean and std over the 50 frames, {ref_videos.shape[1]}-d) of the {n} test "
                  f"cines and of the {train_n} real training cines")
-    for name in ("generated", "shuffled_ecg", "retrieval", "vae_reconstruction"):
+    for name in ("generated", "shuffled_ecg", "retrieval", "vae_reconstruction", "template_only"):
         frames = read[name].frame_features.reshape(-1, ref_frames.shape[1])
         out[f"fid_cmr_{name}"] = {"value": frechet_between(frames, ref_frames), "definition": f"{frame_def}; "
                                   f"test cines: {SOURCES[name]}"}

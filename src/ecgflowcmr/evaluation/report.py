@@ -40,7 +40,7 @@ table{border-collapse:collapse;margin:.6em 0}td,th{padding:3px 9px;border-bottom
 th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.ours td{font-weight:bold}tr.floor td{color:#777}td.na{color:#aaa;text-align:center}
 figure{display:inline-block;margin:.4em;vertical-align:top}figcaption{font-size:.8em;color:#555;max-width:640px}
-img{max-width:100%}p.note{font-size:.85em;color:#555;max-width:900px}td.def{font-size:.75em;color:#666}"""
+img{max-width:100%}div.wide{overflow-x:auto;max-width:100%}p.note{font-size:.85em;color:#555;max-width:900px}td.def{font-size:.75em;color:#666}"""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,7 +205,8 @@ def agreement_html(agreement: dict[str, Any]) -> str:
         cells = "".join(_cell(per_source[s]["spearman"], "{:.2f}") + _cell(per_source[s]["r2"], "{:.2f}")
                         + _cell(per_source[s]["mae"], "{:.3g}") for s in sources)
         rows.append(f"<tr><td title='{html.escape(per_source['definition'])}'>{html.escape(measure)}</td>{cells}</tr>")
-    return f"<table id='agreement'><tr><th rowspan=2>measure</th>{head}</tr><tr>{sub}</tr>{''.join(rows)}</table>"
+    return (f"<div class='wide'><table id='agreement'><tr><th rowspan=2>measure</th>{head}</tr><tr>{sub}</tr>"
+            f"{''.join(rows)}</table></div>")
 
 
 def _value_table(section: dict[str, Any], table_id: str) -> str:
