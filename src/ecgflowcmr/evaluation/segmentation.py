@@ -41,7 +41,7 @@ class SegConfig:
     steps: int = 300
     """Optimiser steps (batches of random frames)."""
     batch_size: int = 16
-    lr: float = 3e-3
+    lr: float = 5e-3
     seed: int = 0
     augment: bool = True
     """Random blur (σ ≤ 1.5 px), Gaussian noise, contrast and brightness: generated frames are softer."""
