@@ -61,3 +61,26 @@ def test_inception_from_the_installed_package() -> None:
     feats = net(rng.random((2, 96, 96)).astype(np.float32))
     assert feats.shape == (2, 2048) and np.isfinite(feats).all()
     assert not np.allclose(feats[0], feats[1])
+
+
+def test_i3d_loads_its_state_dict_and_gives_clip_features(tmp_path: Path) -> None:
+    with pytest.raises(fn.Unavailable, match=r"rgb_imagenet\.pt"):
+        fn.load_i3d(None)
+    with pytest.raises(fn.Unavailable, match="not found"):
+        fn.load_i3d(tmp_path)
+    torch.manual_seed(0)
+    state = fn.I3D().state_dict()
+    # the key names of the widely used PyTorch port of the Kinetics checkpoint
+    assert {"Conv3d_1a_7x7.conv3d.weight", "Mixed_5c.b3b.bn.running_var", "logits.conv3d.bias"} <= set(state)
+    assert state["logits.conv3d.weight"].shape == (400, 1024, 1, 1, 1)
+    torch.save(state, tmp_path / f"{fn.I3D_FILE}.pt")
+    model, info = fn.load_i3d(tmp_path)
+    assert len(info["sha256"]) == 64
+    rng = np.random.default_rng(0)
+    cines = rng.random((2, 10, 24, 24)).astype(np.float32)
+    feats = fn.i3d_features(model, cines, size=64)
+    assert feats.shape == (2, 400) and np.isfinite(feats).all() and not np.allclose(feats[0], feats[1])
+    np.testing.assert_allclose(fn.i3d_features(model, cines[:1], size=64), feats[:1], rtol=1e-5, atol=1e-6)
+    torch.save({"Conv3d_1a_7x7.conv3d.weight": torch.zeros(1)}, tmp_path / f"{fn.I3D_FILE}.pt")
+    with pytest.raises(InputError, match="not an Inception-I3D state dict"):
+        fn.load_i3d(tmp_path)

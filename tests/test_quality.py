@@ -42,3 +42,18 @@ def test_quality_metrics_without_networks_and_with_floor() -> None:
     assert np.isfinite(out["real_floor"]["psnr_db"]["value"])
     with pytest.raises(ValueError, match="floor needs"):
         quality_metrics(real, {}, train[:2], lpips=None, lpips_info="", inception=None, inception_info="")
+
+
+def test_fvd_with_an_i3d_and_its_floor(tmp_path) -> None:
+    import torch
+
+    from ecgflowcmr.evaluation.feature_networks import I3D
+
+    torch.manual_seed(0)
+    i3d = I3D().eval()
+    real, train = beating(3, 1, frames=8), beating(3, 2, frames=8)
+    out = quality_metrics(real, {"copy": real}, train, lpips=None, lpips_info="-", inception=None,
+                          inception_info="-", i3d=i3d, i3d_info="random weights (test)", i3d_size=32)
+    assert out["copy"]["fvd_i3d"]["value"] == pytest.approx(0, abs=1e-6)
+    assert out["real_floor"]["fvd_i3d"]["value"] > 0
+    assert "random weights (test)" in out["copy"]["fvd_i3d"]["definition"]

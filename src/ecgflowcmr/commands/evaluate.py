@@ -28,7 +28,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
     import numpy as np
     import torch.distributed as dist
 
-    from ecgflowcmr.evaluation.feature_networks import InceptionFeatures, load_lpips, try_load
+    from ecgflowcmr.evaluation.feature_networks import InceptionFeatures, load_i3d, load_lpips, try_load
     from ecgflowcmr.evaluation.instrument import Cohort, measure_instrument
     from ecgflowcmr.evaluation.quality import quality_metrics
     from ecgflowcmr.evaluation.report import write_report
@@ -68,6 +68,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
 
     t = time.perf_counter()
     lpips, lpips_why = try_load(lambda: load_lpips(weights))
+    i3d, i3d_why = try_load(lambda: load_i3d(weights))
     inception, inception_why = (try_load(lambda: InceptionFeatures(weights)) if fid_frames > 0
                                 else (None, "disabled (--fid-frames 0)"))
     n_test = len(result.cines["real"])
@@ -77,6 +78,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
     quality = quality_metrics(result.cines["real"], sources, train.cines01,
                               lpips=lpips[0] if lpips else None, lpips_info=lpips[1] if lpips else lpips_why,
                               inception=inception, inception_info=inception.info() if inception else inception_why,
+                              i3d=i3d[0] if i3d else None, i3d_info=i3d[1] if i3d else i3d_why,
                               fid_frames=max(fid_frames, 1))
     quality_seconds = time.perf_counter() - t
 

@@ -11,6 +11,11 @@
   ``weights/v0.1/alex.pth``; its SHA-256 is recorded in the output). ``.pth`` files are read with
   ``torch.load(weights_only=True)`` (tensors only, no code); ``.safetensors`` with the same stem also work.
 
+- **FVD** (Unterthiner et al. 2018): our own Inception-I3D (Carreira & Zisserman 2017) with the key names of
+  the widely used PyTorch port, state dict ``rgb_imagenet.pt`` (Kinetics-400 RGB from ImageNet inflation) from
+  ``--weights DIR`` (SHA-256 recorded); the feature is the 400-d logits averaged over time, clips of all 50
+  frames resized to 224×224, grey → RGB in [-1, 1].
+
 Without a file a metric is :class:`Unavailable` with the reason; the caller reports it as such.
 """
 
@@ -37,6 +42,8 @@ INCEPTION_SIZE = 299
 ALEXNET_FILE = "alexnet-owt-7be5be79"
 ALEXNET_SHA256_PREFIX = "7be5be79"
 LPIPS_HEADS_FILE = "lpips_alex_v0.1"
+I3D_FILE = "rgb_imagenet"
+I3D_SIZE = 224
 
 
 class Unavailable(Exception):
@@ -221,6 +228,130 @@ def lpips_distances(model: LPIPS, a01: np.ndarray, b01: np.ndarray, batch_size: 
                     .expand(-1, 3, -1, -1) * 2 - 1 for v in (a01, b01))
             out.append(model(x, y).double().numpy())
     return np.concatenate(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# I3D (FVD)
+# --------------------------------------------------------------------------------------------------
+
+
+def _same_pad(x: Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> Tensor:
+    """TF "SAME" zero padding of (B, C, T, H, W) for a window ``kernel`` moved by ``stride``."""
+    pads = []
+    for size, k, s in zip(x.shape[2:], kernel, stride):
+        total = max(k - (s if size % s == 0 else size % s), 0)
+        pads.append((total // 2, total - total // 2))
+    (tf, tb), (hf, hb), (wf, wb) = pads
+    return F.pad(x, (wf, wb, hf, hb, tf, tb))
+
+
+class Unit3D(nn.Module):
+    """SAME-padded Conv3d (no bias) + BatchNorm3d (ε 1e-3) + ReLU; or, for the logits, a biased conv alone."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: tuple[int, int, int] = (1, 1, 1),
+                 stride: tuple[int, int, int] = (1, 1, 1), logits: bool = False):
+        super().__init__()
+        self.kernel, self.stride, self.logits = kernel, stride, logits
+        self.conv3d = nn.Conv3d(c_in, c_out, kernel, stride, bias=logits)
+        if not logits:
+            self.bn = nn.BatchNorm3d(c_out, eps=1e-3, momentum=0.01)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv3d(_same_pad(x, self.kernel, self.stride))
+        return x if self.logits else F.relu(self.bn(x))
+
+
+class SamePool3d(nn.Module):
+    def __init__(self, kernel: tuple[int, int, int], stride: tuple[int, int, int]):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.max_pool3d(_same_pad(x, self.kernel, self.stride), self.kernel, self.stride)
+
+
+class InceptionBlock3D(nn.Module):
+    """Four branches: 1×1; 1×1 → 3×3×3; 1×1 → 3×3×3; 3×3×3 max-pool → 1×1; concatenated."""
+
+    def __init__(self, c_in: int, c: tuple[int, int, int, int, int, int]):
+        super().__init__()
+        self.b0 = Unit3D(c_in, c[0])
+        self.b1a, self.b1b = Unit3D(c_in, c[1]), Unit3D(c[1], c[2], (3, 3, 3))
+        self.b2a, self.b2b = Unit3D(c_in, c[3]), Unit3D(c[3], c[4], (3, 3, 3))
+        self.b3a, self.b3b = SamePool3d((3, 3, 3), (1, 1, 1)), Unit3D(c_in, c[5])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], dim=1)
+
+
+class I3D(nn.Module):
+    """Inception-I3D, x (B, 3, T, H, W) in [-1, 1] → Kinetics-400 logits averaged over time (B, 400).
+
+    At 224² the last feature map is 7×7; its spatial mean, a 2-frame temporal average, the logits and the
+    mean over time equal the original's 2×7×7 average pool → logits → time mean (all linear after Mixed_5c).
+    """
+
+    BLOCKS = (("Mixed_3b", 192, (64, 96, 128, 16, 32, 32)), ("Mixed_3c", 256, (128, 128, 192, 32, 96, 64)),
+              ("MaxPool3d_4a_3x3", (3, 3, 3), (2, 2, 2)),
+              ("Mixed_4b", 480, (192, 96, 208, 16, 48, 64)), ("Mixed_4c", 512, (160, 112, 224, 24, 64, 64)),
+              ("Mixed_4d", 512, (128, 128, 256, 24, 64, 64)), ("Mixed_4e", 512, (112, 144, 288, 32, 64, 64)),
+              ("Mixed_4f", 528, (256, 160, 320, 32, 128, 128)), ("MaxPool3d_5a_2x2", (2, 2, 2), (2, 2, 2)),
+              ("Mixed_5b", 832, (256, 160, 320, 32, 128, 128)), ("Mixed_5c", 832, (384, 192, 384, 48, 128, 128)))
+
+    def __init__(self, classes: int = 400):
+        super().__init__()
+        self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
+        self.MaxPool3d_2a_3x3 = SamePool3d((1, 3, 3), (1, 2, 2))
+        self.Conv3d_2b_1x1 = Unit3D(64, 64)
+        self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3))
+        self.MaxPool3d_3a_3x3 = SamePool3d((1, 3, 3), (1, 2, 2))
+        self.order = ["Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3"]
+        for name, a, b in self.BLOCKS:
+            setattr(self, name, InceptionBlock3D(a, b) if name.startswith("Mixed") else SamePool3d(a, b))
+            self.order.append(name)
+        self.logits = Unit3D(1024, classes, logits=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for name in self.order:
+            x = getattr(self, name)(x)
+        x = x.mean(dim=(3, 4), keepdim=True)  # (B, 1024, T', 1, 1)
+        if x.shape[2] > 1:
+            x = F.avg_pool3d(x, (2, 1, 1), stride=1)
+        return self.logits(x).mean(dim=(2, 3, 4))
+
+
+def load_i3d(weights: str | Path | None) -> tuple[I3D, dict[str, Any]]:
+    """I3D from ``weights/rgb_imagenet.pt`` (or ``.safetensors``); :class:`Unavailable` when absent."""
+    if weights is None:
+        raise Unavailable(f"needs --weights DIR with {I3D_FILE}.pt (Kinetics-400 RGB Inception-I3D state dict)")
+    weights = Path(weights)
+    path = next((weights / f"{I3D_FILE}{s}" for s in (".safetensors", ".pt") if (weights / f"{I3D_FILE}{s}").is_file()),
+                None)
+    if path is None:
+        raise Unavailable(f"{I3D_FILE}.pt (or .safetensors) not found in --weights {weights}")
+    state, _ = _read_state(weights, I3D_FILE) if path.suffix == ".safetensors" else (
+        dict(torch.load(path, map_location="cpu", weights_only=True)), path)
+    model = I3D()
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise InputError(path, f"not an Inception-I3D state dict: {str(err).splitlines()[1].strip()}") from None
+    info = {"network": "Inception-I3D (Kinetics-400 RGB), logits averaged over time, 400-d",
+            "weights": str(path), "sha256": sha(path),
+            "preprocessing": f"all frames, {I3D_SIZE}² bilinear, grey → RGB in [-1, 1]"}
+    return model.eval(), info
+
+
+def i3d_features(model: I3D, cines01: np.ndarray, size: int = I3D_SIZE) -> np.ndarray:
+    """Cines (N, T, H, W) in [0, 1] → (N, 400) float64, one cine at a time."""
+    out = []
+    with torch.no_grad():
+        for cine in cines01:
+            x = torch.from_numpy(np.asarray(cine, dtype=np.float32))[:, None]  # (T, 1, H, W)
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) * 2 - 1
+            x = x.expand(-1, 3, -1, -1).permute(1, 0, 2, 3)[None]  # (1, 3, T, size, size)
+            out.append(model(x).double().numpy()[0])
+    return np.stack(out)
 
 
 def try_load(loader: Callable[[], Any]) -> tuple[Any, str | None]:
