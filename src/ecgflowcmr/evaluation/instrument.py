@@ -400,8 +400,9 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
     cines["retrieval"] = train.cines01[nearest]
     lap("baselines_s")
 
-    read = {name: read_cines(segmenter, x) for name, x in cines.items()}
     read_real_train = read_cines(segmenter, train.cines01)
+    read = {name: read_cines(segmenter, x) for name, x in cines.items() if name != "retrieval"}
+    read["retrieval"] = read_real_train.take(nearest)  # the retrieved cines are training cines: read once
     read_gen_train = read_cines(segmenter, generated_train)
     read_template = read_cines(segmenter, template)
     lap("segment_s")
