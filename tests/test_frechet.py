@@ -42,3 +42,17 @@ def test_bad_shapes_raise() -> None:
         feature_stats(np.zeros((1, 3)))
     with pytest.raises(ValueError):
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+def test_both_routes_agree_with_scipy_sqrtm() -> None:
+    from scipy import linalg
+
+    rng = np.random.default_rng(4)
+    for n_a, n_b, d in ((30, 40, 8), (12, 9, 50)):  # more samples than dimensions, and fewer
+        a = rng.standard_normal((n_a, d)) @ rng.standard_normal((d, d))
+        b = rng.standard_normal((n_b, d)) + 0.3
+        (mu1, s1), (mu2, s2) = feature_stats(a), feature_stats(b)
+        reference = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.real(
+            np.trace(linalg.sqrtm(s1 @ s2)))
+        assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-6, abs=1e-6)
+        assert frechet_between(a, b) == pytest.approx(reference, rel=1e-6, abs=1e-6)
