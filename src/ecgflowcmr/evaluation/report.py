@@ -39,8 +39,8 @@ STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.6em 0}td,th{padding:3px 9px;border-bottom:1px solid #ddd;font-size:.85em}
 th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.ours td{font-weight:bold}tr.floor td{color:#777}td.na{color:#aaa;text-align:center}
-figure{display:inline-block;margin:.4em;vertical-align:top}figcaption{font-size:.8em;color:#555;max-width:640px}
-img{max-width:100%}div.wide{overflow-x:auto;max-width:100%}p.note{font-size:.85em;color:#555;max-width:900px}td.def{font-size:.75em;color:#666}"""
+figure{display:inline-block;margin:.4em;vertical-align:top;max-width:100%}figcaption{font-size:.8em;color:#555;max-width:640px}
+img,video{max-width:100%}div.wide{overflow-x:auto;max-width:100%}p.note{font-size:.85em;color:#555;max-width:900px}td.def{font-size:.75em;color:#666}"""
 
 
 # --------------------------------------------------------------------------------------------------
