@@ -144,7 +144,7 @@ def cine_grid(cines: dict[str, np.ndarray], index: int, ecg: np.ndarray, order: 
               suffix: str = ".mp4") -> str:
     """One subject: its cines side by side (real first), the ECG beneath with a moving cursor, as an inline
     H.264 MP4 (``suffix`` ".mp4"; a 6-panel GIF would be ~20 MB) or a PNG still of frame 0 (".png")."""
-    from ecgflowcmr.viz import render_cine_video
+    from ecgflowcmr.viz.render import render_cine_video
 
     names = [n for n in order if n in cines]
     with tempfile.TemporaryDirectory() as tmp:
