@@ -73,6 +73,9 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
                                 else (None, "disabled (--fid-frames 0)"))
     n_test = len(result.cines["real"])
     train = Cohort.from_store(data, "train", n_test)
+    if len(train.cines01) < n_test:
+        raise InputError(data, f"the real-vs-real floor pairs each of the {n_test} test subjects with a training "
+                               f"cine, but the train split has {len(train.cines01)}; use --max-test")
     sources = {k: v for k, v in result.cines.items() if k != "real"}
     sources["template_only"] = np.repeat(result.template_cine, n_test, axis=0)
     quality = quality_metrics(result.cines["real"], sources, train.cines01,
