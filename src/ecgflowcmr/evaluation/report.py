@@ -209,7 +209,7 @@ def agreement_html(agreement: dict[str, Any]) -> str:
             f"{''.join(rows)}</table></div>")
 
 
-def _value_table(section: dict[str, Any], table_id: str) -> str:
+def value_table(section: dict[str, Any], table_id: str) -> str:
     rows = "".join(f"<tr><td>{html.escape(k)}</td>{_cell(v, '{:.3f}')}<td class='def'>"
                    f"{html.escape(str(v.get('definition', '')))}</td></tr>"
                    for k, v in section.items() if isinstance(v, dict) and "value" in v)
@@ -240,7 +240,7 @@ def write_report(out: str | Path, metrics: dict[str, Any], result: Any, ecgs: np
     measures = list(result.measures["real"])
     seconds = metrics.get("speed", {}).get("seconds_per_video", {}).get("value")
     diag = instrument["diagnosis"]
-    diag_html = (_value_table(diag, "diagnosis") if "unavailable" not in diag
+    diag_html = (value_table(diag, "diagnosis") if "unavailable" not in diag
                  else f"<p>{html.escape(diag['unavailable'])}</p>")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ecgflowcmr evaluation</title>
 <style>{STYLE}</style></head><body>
@@ -260,8 +260,8 @@ on the subject's own real cine (Spearman ρ, R² without refit, MAE). The ECG ce
 driven by these ECG features can reach; the shuffled ECG, template and constant are floors.</p>
 {agreement_html(instrument['agreement'])}
 <h3>Diagnosis</h3>{diag_html}
-<h3>End-systolic timing (LV area curve)</h3>{_value_table(instrument['timing'], 'timing')}
-<h3>Realism</h3>{_value_table(instrument['realism'], 'realism')}
+<h3>End-systolic timing (LV area curve)</h3>{value_table(instrument['timing'], 'timing')}
+<h3>Realism</h3>{value_table(instrument['realism'], 'realism')}
 <h2>Real and generated cines</h2>
 <figure><img alt="end-diastolic frames of {html.escape(subjects[0])}" src="{still}"><figcaption>Frame 0 (end-diastole)
 of {html.escape(subjects[0])}, for viewers without video.</figcaption></figure>

@@ -47,6 +47,9 @@ class SegConfig:
     """Random blur (σ ≤ 1.5 px), Gaussian noise, contrast and brightness: generated frames are softer."""
     val_items: int = 8
     """Validation cines for the Dice figures in metrics.json."""
+    time_limit_s: float | None = None
+    """Stop after this many seconds of training even before ``steps`` (the demo's budget); None: no limit.
+    The learning-rate schedule is laid out for ``steps``, so a stopped run ends at a higher rate."""
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
@@ -59,6 +62,7 @@ class SegConfig:
 PRESETS: dict[str, SegConfig] = {
     "default": SegConfig(),
     "tiny": SegConfig(widths=(4, 8, 16), steps=150, batch_size=8, lr=1e-2, val_items=2),
+    "demo": SegConfig(widths=(8, 16, 32, 48), steps=200, batch_size=12, time_limit_s=60.0),
 }
 
 
@@ -249,6 +253,7 @@ class SegTraining:
 
     seconds: float
     final_loss: float
+    steps: int = 0
     val_dice: dict[str, float] = field(default_factory=dict)
 
 
@@ -269,6 +274,8 @@ def fit_segmenter(cines01: np.ndarray, masks: np.ndarray, config: SegConfig,
     losses = []
     net.train()
     for _ in range(config.steps):
+        if config.time_limit_s is not None and time.perf_counter() - start > config.time_limit_s:
+            break
         pick = torch.randint(0, n * t, (config.batch_size,), generator=generator).numpy()
         items, frames = pick // t, pick % t
         x = torch.from_numpy(cines01[items, frames].astype(np.float32) * scale)[:, None] * 2 - 1
@@ -282,7 +289,7 @@ def fit_segmenter(cines01: np.ndarray, masks: np.ndarray, config: SegConfig,
         sched.step()
         losses.append(float(loss.detach()))
     seg = Segmenter(net)
-    report = SegTraining(time.perf_counter() - start, float(np.mean(losses[-10:])))
+    report = SegTraining(time.perf_counter() - start, float(np.mean(losses[-10:])), steps=len(losses))
     if val is not None:
         v_cines, v_masks = val
         v = v_cines.astype(np.float32) * (1 / 255 if v_cines.dtype == np.uint8 else 1.0)
@@ -310,6 +317,8 @@ def train_segmenter(store: str | Path, out: str | Path, config: SegConfig | str 
         "val_dice": {"value": report.val_dice,
                      "definition": f"Dice per class over all 50 frames of the first {n_val} {val_split} cines"},
         "train_seconds": {"value": report.seconds, "definition": "wall time of training on this machine"},
+        "train_steps": {"value": report.steps, "definition": f"optimiser steps of {config.batch_size} random "
+                        f"frames done (of {config.steps}; time limit {config.time_limit_s} s)"},
         "final_loss": {"value": report.final_loss,
                        "definition": "cross-entropy + (1 − mean soft Dice), mean of the last 10 steps"},
         "train_items": {"value": len(cines), "definition": "train cines (all their frames with masks)"},
