@@ -121,3 +121,21 @@ def test_shard_map_gathers_every_rank_in_item_order(tmp_path) -> None:
         np.testing.assert_array_equal(np.load(tmp_path / f"out-{rank}.npy"), expected)
         # rank r computed items r, r + 2, …: each item once over the ranks
         np.testing.assert_array_equal(np.load(tmp_path / f"out-{rank}-computed.npy"), np.arange(rank, 7, 2))
+
+
+def test_an_untrained_segmenter_is_flagged(tmp_path) -> None:
+    from ecgflowcmr.evaluation.instrument import MIN_DICE, _validation_dice
+    from ecgflowcmr.evaluation.segmentation import (
+        PRESETS,
+        SegmentationNet,
+        Segmenter,
+        load_segmenter,
+        save_segmenter,
+    )
+
+    save_segmenter(Segmenter(SegmentationNet(PRESETS["tiny"])), tmp_path / "seg",
+                   {"val_dice": {"value": {"lv_pool": 0.0, "la": 0.9}, "definition": "test"}})
+    dice = _validation_dice(load_segmenter(tmp_path / "seg"))
+    assert dice == {"lv_pool": 0.0, "la": 0.9} and min(dice.values()) < MIN_DICE
+    save_segmenter(Segmenter(SegmentationNet(PRESETS["tiny"])), tmp_path / "bare")
+    assert _validation_dice(load_segmenter(tmp_path / "bare")) is None

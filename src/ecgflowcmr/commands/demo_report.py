@@ -174,7 +174,7 @@ def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, ti
 
 def _evaluation_html(evaluated: dict[str, Any], folder: str) -> str:
     """Table 1 with baselines and floors, the instrument's agreement and diagnosis (``evaluation.report``)."""
-    from ecgflowcmr.evaluation.report import agreement_html, table1_html, value_table
+    from ecgflowcmr.evaluation.report import agreement_html, segmenter_warning, table1_html, value_table
 
     instrument = evaluated["instrument"]
     diagnosis = instrument["diagnosis"]
@@ -186,7 +186,7 @@ baselines a user would pick instead and the real-vs-real floor (<code>ecgflowcmr
 <h3>Does the generated heart follow its ECG?</h3>
 <p>Chamber measures read by a segmenter trained on the real training cines (four-chamber areas: proxies for
 short-axis volumes); each source against the subject's own real cine, beside the ECG's own ceiling.</p>
-{agreement_html(instrument['agreement'])}
+{segmenter_warning(instrument)}{agreement_html(instrument['agreement'])}
 {value_table(diagnosis, 'diagnosis') if 'unavailable' not in diagnosis else f"<p>{html.escape(diagnosis['unavailable'])}</p>"}"""
 
 

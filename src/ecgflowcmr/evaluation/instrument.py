@@ -48,6 +48,8 @@ from ecgflowcmr.evaluation.frechet import frechet_between
 from ecgflowcmr.evaluation.segmentation import CLASSES, Segmenter
 
 CHAMBERS = CLASSES[1:]
+MIN_DICE = 0.7
+"""Below this validation Dice (any chamber) the instrument flags its own numbers as untrustworthy."""
 LV, MYO, RV = 0, 1, 2  # indices into the areas' last axis
 MEASURES: dict[str, str] = {
     "lv_fac": "LV fractional area change (max − min of the LV blood-pool area) / max",
@@ -442,8 +444,12 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
         "definition": "as identification_generated, for cines generated from a shuffled ECG (floor)"}
     lap("scores_s")
 
-    seg_info = {"weights": str(segmenter.folder or "in memory"), "sha256": segmenter.checksum,
-                "widths": list(segmenter.config.widths)}
+    seg_info: dict[str, Any] = {"weights": str(segmenter.folder or "in memory"), "sha256": segmenter.checksum,
+                                "widths": list(segmenter.config.widths)}
+    dice = _validation_dice(segmenter)
+    if dice is not None and min(dice.values()) < MIN_DICE:
+        seg_info["warning"] = (f"validation Dice {min(dice.values()):.2f} < {MIN_DICE}: the segmenter did not learn "
+                               f"the chambers; the instrument's numbers below are not trustworthy")
     metrics = {
         "definition": "the instrument (ecgflowcmr.evaluation.instrument): chamber areas from a segmenter "
                       "trained on the real cines of this cohort; four-chamber areas are proxies for the "
@@ -463,6 +469,17 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
     lap("total_s")
     timings["total_s"] = sum(timings.values())
     return InstrumentResult(metrics, measures, curves, cines, _headline(metrics), timings, template)
+
+
+def _validation_dice(segmenter: Segmenter) -> dict[str, float] | None:
+    """The Dice per class its training recorded in ``metrics.json`` (None when not recorded)."""
+    import json
+
+    path = segmenter.folder / "metrics.json" if segmenter.folder is not None else None
+    if path is None or not path.exists():
+        return None
+    value = json.loads(path.read_text()).get("val_dice", {}).get("value")
+    return {k: float(v) for k, v in value.items() if v == v} if isinstance(value, dict) and value else None
 
 
 def _standardised(query: np.ndarray, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

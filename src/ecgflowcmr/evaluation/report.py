@@ -221,6 +221,11 @@ def value_table(section: dict[str, Any], table_id: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def segmenter_warning(instrument: dict[str, Any]) -> str:
+    warning = instrument.get("segmenter", {}).get("warning")
+    return f"<p class='warning' style='color:#b00;font-weight:bold'>{html.escape(warning)}</p>" if warning else ""
+
+
 def write_report(out: str | Path, metrics: dict[str, Any], result: Any, ecgs: np.ndarray, subjects: list[str],
                  n_examples: int = 4) -> Path:
     """``out/report.html`` and ``out/metrics.csv`` from the evaluation's metrics tree and an
@@ -258,7 +263,7 @@ Inception/I3D ones). Real vs real: real training cines in place of generated one
 are proxies for the paper's short-axis volumes. Each column compares a source's measure with the same measure
 on the subject's own real cine (Spearman ρ, R² without refit, MAE). The ECG ceiling is the most any generator
 driven by these ECG features can reach; the shuffled ECG, template and constant are floors.</p>
-{agreement_html(instrument['agreement'])}
+{segmenter_warning(instrument)}{agreement_html(instrument['agreement'])}
 <h3>Diagnosis</h3>{diag_html}
 <h3>End-systolic timing (LV area curve)</h3>{value_table(instrument['timing'], 'timing')}
 <h3>Realism</h3>{value_table(instrument['realism'], 'realism')}
