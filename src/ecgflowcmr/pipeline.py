@@ -6,6 +6,7 @@ there and in ``docs/formats.md``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,13 @@ from ecgflowcmr.errors import InputError
 from ecgflowcmr.limits import GUIDANCE_MAX, SAMPLER_MAX_STEPS, SCALE_ENV, limit
 
 SAMPLERS = ("euler", "heun")
+
+
+def item_seed(seed: int, subject_id: str) -> int:
+    """The noise seed of one item: a function of (seed, subject_id) only, so reruns and batch sizes draw the
+    same noise for it (the result still moves by float rounding with the batch size: README)."""
+    digest = hashlib.sha256(f"{seed}:{subject_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 @dataclass

@@ -141,8 +141,10 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     return f"<table><tr><th>section</th><th>metric</th><th>value</th><th>definition</th></tr>\n{body}</table>"
 
 
-def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, timings: dict[str, float]) -> Path:
-    """report.html + metrics.json from the finished runs and the generated test split."""
+def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, timings: dict[str, float],
+                 evaluation: Path | None = None) -> Path:
+    """report.html + metrics.json from the finished runs, the generated test split and, when given, the
+    folder ``ecgflowcmr evaluate`` wrote (its Table 1, instrument tables and headline are shown here)."""
     from ecgflowcmr.store.prepared import StoreDataset
 
     media = out / "report_media"
@@ -154,10 +156,38 @@ def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, ti
     timings["conditioning_s"] = time.perf_counter() - t
     curves = [stage for stage, run in runs.items() if _loss_curves(run, media / f"loss_{stage}.png")]
     metrics = _demo_metrics(runs, summary, timings, per_subject, conditioning)
+    evaluated = None
+    if evaluation is not None and (evaluation / "metrics.json").exists():
+        evaluated = json.loads((evaluation / "metrics.json").read_text())
+        metrics["evaluation"] = {"headline": evaluated["headline"],
+                                 "definition": f"`ecgflowcmr evaluate` of the demo bundle: every number and its "
+                                               f"definition in {evaluation.name}/metrics.json"}
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
     report = out / "report.html"
-    write_text_atomic(report, _page(blocks, curves, conditioning, metrics))
+    page = _page(blocks, curves, conditioning, metrics)
+    if evaluated is not None:
+        page = page.replace("<h2>Does the ECG control the cine?</h2>",
+                            _evaluation_html(evaluated, evaluation.name) + "<h2>Does the ECG control the cine?</h2>")
+    write_text_atomic(report, page)
     return report
+
+
+def _evaluation_html(evaluated: dict[str, Any], folder: str) -> str:
+    """Table 1 with baselines and floors, the instrument's agreement and diagnosis (``evaluation.report``)."""
+    from ecgflowcmr.evaluation.report import agreement_html, segmenter_warning, table1_html, value_table
+
+    instrument = evaluated["instrument"]
+    diagnosis = instrument["diagnosis"]
+    seconds = evaluated["speed"]["seconds_per_video"]["value"]
+    return f"""<h2>Evaluation (<a href="{html.escape(folder)}/report.html">full report</a>)</h2>
+<p>{int(instrument['subjects']['test'])} held-out subjects, each generated with its own noise, beside the
+baselines a user would pick instead and the real-vs-real floor (<code>ecgflowcmr evaluate</code>).</p>
+{table1_html(evaluated['quality'], instrument['realism'], seconds)}
+<h3>Does the generated heart follow its ECG?</h3>
+<p>Chamber measures read by a segmenter trained on the real training cines (four-chamber areas: proxies for
+short-axis volumes); each source against the subject's own real cine, beside the ECG's own ceiling.</p>
+{segmenter_warning(instrument)}{agreement_html(instrument['agreement'])}
+{value_table(diagnosis, 'diagnosis') if 'unavailable' not in diagnosis else f"<p>{html.escape(diagnosis['unavailable'])}</p>"}"""
 
 
 def _compare_generated(out: Path, test: Any, media: Path) -> tuple[list[dict[str, Any]], list[tuple]]:

@@ -32,6 +32,7 @@ import torch
 from ecgflowcmr.atomic import atomic_file, ensure_dir, write_text_atomic
 from ecgflowcmr.canonical import FS, N_FRAMES
 from ecgflowcmr.errors import InputError
+from ecgflowcmr.pipeline import item_seed as item_seed  # its owner is the inference layer
 
 if TYPE_CHECKING:
     from ecgflowcmr.pipeline import Pipeline
@@ -69,13 +70,6 @@ class _Item:
     stem: Path | None = None
     """Output path without suffix; None when the item is refused (``problem``)."""
     problem: str | None = None
-
-
-def item_seed(seed: int, subject_id: str) -> int:
-    """The noise seed of one item: a function of (seed, subject_id) only, so reruns and batch sizes draw the
-    same noise for it (the result still moves by float rounding with the batch size: README)."""
-    digest = hashlib.sha256(f"{seed}:{subject_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def frame_interval_s(rpeaks: np.ndarray) -> float:

@@ -1,0 +1,102 @@
+"""`ecgflowcmr evaluate` end to end on the quick demo bundle: metrics.json with a definition for every number,
+metrics.csv, and a self-contained report.html whose tables, images and videos render in headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ecgflowcmr.cli import main
+from ecgflowcmr.evaluation.report import flatten_metrics
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PROBE = """<script>
+window.addEventListener('load', () => setTimeout(() => {
+  const r = [];
+  document.querySelectorAll('img').forEach(e => r.push('img ' + (e.complete && e.naturalWidth > 0)));
+  document.querySelectorAll('video').forEach(e => r.push('video ' + (e.readyState >= 2 && e.videoWidth > 0 && !e.error)));
+  document.querySelectorAll('table').forEach(e => r.push('table ' + (e.rows.length > 1 && e.offsetHeight > 0)));
+  const p = document.createElement('pre'); p.id = 'probe'; p.textContent = r.join(';'); document.body.appendChild(p);
+}, 2000));</script>"""
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quick demo, which runs `evaluate` (tiny segmenter, 8 training subjects, no Inception FID) into
+    demo/evaluation and shows its tables in the demo's own report."""
+    root = tmp_path_factory.mktemp("evaluate")
+    assert main(["demo", "--out", str(root / "demo"), "--quick"]) == 0
+    return root / "demo" / "evaluation"
+
+
+def test_every_number_has_a_definition(evaluated: Path) -> None:
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    rows = flatten_metrics(metrics)
+    assert len(rows) > 100
+    undefined = [(s, n) for s, n, _, d in rows if not d and not s.startswith(("speed", "headline"))]
+    assert not undefined, undefined[:5]
+    instrument = metrics["instrument"]
+    for measure in ("lv_fac", "es_frame"):
+        assert set(instrument["agreement"][measure]) >= {"generated", "ecg_ceiling", "retrieval", "shuffled_ecg",
+                                                         "template_only", "constant", "vae_reconstruction"}
+    q = metrics["quality"]
+    assert "unavailable" in q["generated"]["lpips"] and "--weights" in q["generated"]["lpips"]["unavailable"]
+    assert q["generated"]["fid_inception"] == {"unavailable": "disabled (--fid-frames 0)"}
+    assert "value" in q["real_floor"]["psnr_db"] and "value" in q["retrieval"]["ssim"]
+    assert instrument["realism"]["fid_cmr_real_floor"]["value"] >= 0
+    assert set(metrics["headline"]) >= {"lv_fac_spearman_generated", "diagnosis_chance"}
+    with open(evaluated / "metrics.csv", newline="") as fh:
+        table = list(csv.reader(fh))
+    assert table[0] == ["section", "metric", "value", "definition"] and len(table) == len(rows) + 1
+    assert (evaluated / "segmenter" / "model.safetensors").exists()
+
+
+def test_demo_report_shows_the_evaluation(evaluated: Path) -> None:
+    page = (evaluated.parent / "report.html").read_text()
+    assert "<table id='table1'>" in page and "<table id='agreement'>" in page
+    demo_metrics = json.loads((evaluated.parent / "metrics.json").read_text())
+    assert "lv_fac_spearman_generated" in demo_metrics["evaluation"]["headline"]
+    assert demo_metrics["timings_s"]["evaluate_s"] > 0
+
+
+def test_report_is_self_contained(evaluated: Path) -> None:
+    page = (evaluated / "report.html").read_text()
+    assert "<table id='table1'>" in page and "<table id='agreement'>" in page
+    assert not re.search(r"""(src|href)=["'](?!data:)""", page), "every image and video must be inline"
+    assert "proxies for the paper's short-axis volumes" in page
+    assert (evaluated / "report.html").stat().st_size < 30e6
+
+
+def test_report_renders_in_chromium(evaluated: Path, tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (Debian package `chromium`): cannot open the report headless")
+    probe = tmp_path / "report.html"
+    probe.write_text((evaluated / "report.html").read_text().replace("</body>", PROBE + "</body>"))
+    dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=15000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=180).stdout
+    found = re.search(r'<pre id="probe">([^<]*)</pre>', dom)
+    assert found, "the page did not finish loading in Chromium"
+    checks = found.group(1).split(";")
+    kinds = {c.split()[0] for c in checks}
+    assert kinds == {"img", "video", "table"}, checks
+    assert all(c.endswith("true") for c in checks), checks
+
+
+def test_bad_inputs_exit_2(evaluated: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bundle = evaluated.parent / "flow"
+    store = evaluated.parent / "store"
+    assert main(["evaluate", "--model", str(bundle), "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--segmenter", str(evaluated / "segmenter")]) == 2
+    assert "store.json missing" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(bundle), "--data", str(store), "--out", str(tmp_path / "o"),
+                 "--segmenter", str(tmp_path)]) == 2
+    assert "no trained segmenter" in capsys.readouterr().err
