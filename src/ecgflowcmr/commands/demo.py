@@ -16,7 +16,7 @@ from pathlib import Path
 from ecgflowcmr.commands.demo_report import write_report
 
 # Wall-time budget per stage (seconds) for the full demo, and step caps for --quick (tests).
-BUDGET_S = {"pamae": 70, "vae": 230, "flow": 140}
+BUDGET_S = {"pamae": 60, "vae": 200, "flow": 120}
 QUICK_STEPS = {"pamae": 4, "vae": 4, "flow": 4}
 N_SUBJECTS = 240
 # Evaluation caps: finalize measures on this many held-out items so the demo keeps its time budget.
@@ -27,7 +27,7 @@ EVAL_SETS = {"pamae": [], "vae": ["eval.max_items=12"], "flow": ["eval.max_items
 # These and BUDGET_S keep the demo under 15 minutes on a 70 GFLOP/s 2-core CPU: the evaluation costs ~3× its
 # seconds on a 210 GFLOP/s one, and the training stages stop at their budgets.
 EVAL_TEST_SUBJECTS = 16
-EVAL_TRAIN_SUBJECTS = 16
+EVAL_TRAIN_SUBJECTS = 32
 EVAL_FID_FRAMES = 0
 # Full-demo step counts (the schedule's length); the wall-time budget above stops a slower machine early.
 DEMO_STEPS = {"pamae": 400, "vae": 400, "flow": 600}
