@@ -100,3 +100,20 @@ def test_bad_inputs_exit_2(evaluated: Path, tmp_path: Path, capsys: pytest.Captu
     assert main(["evaluate", "--model", str(bundle), "--data", str(store), "--out", str(tmp_path / "o"),
                  "--segmenter", str(tmp_path)]) == 2
     assert "no trained segmenter" in capsys.readouterr().err
+
+
+def test_turing_study_joins_the_report(evaluated: Path, tmp_path: Path) -> None:
+    """`evaluate --turing STUDY` puts the study's section into report.html (here a study nobody rated yet)."""
+    from ecgflowcmr.turing import create_study
+
+    demo = evaluated.parent
+    study = tmp_path / "study"
+    create_study(f"{demo / 'store'}:test", str(demo / "generated"), 3, study, seed=0)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(demo / "flow"), "--data", str(demo / "store"), "--out", str(out),
+                 "--segmenter", str(evaluated / "segmenter"), "--max-test", "4", "--max-train", "8",
+                 "--fid-frames", "0", "--turing", str(study)]) == 0
+    page = (out / "report.html").read_text()
+    assert "<h2>Turing test (raters)</h2>" in page
+    assert "has no answers yet" in page
+    assert "Turing test (raters)" not in (evaluated / "report.html").read_text()

@@ -106,7 +106,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     path = evaluate(args.model, args.data, args.out, weights=args.weights, segmenter=args.segmenter,
                     seg_config=args.seg_config, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
-                    max_test=args.max_test, max_train=args.max_train, fid_frames=args.fid_frames)
+                    max_test=args.max_test, max_train=args.max_train, fid_frames=args.fid_frames,
+                    turing=args.turing)
     print(f"wrote {path} (and metrics.csv, report.html beside it)")
 
 
@@ -260,6 +261,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training subjects")
     p.add_argument("--fid-frames", type=int, default=5,
                    help="frames per cine for the Inception FID (default 5; 0 skips it)")
+    p.add_argument("--turing", type=Path, default=None, metavar="STUDY",
+                   help="a Turing study folder (`ecgflowcmr turing create`): its scores join the report")
     p.set_defaults(func=_cmd_evaluate)
 
 

@@ -23,8 +23,10 @@ from ecgflowcmr.errors import InputError
 def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: str | Path | None = None,
              segmenter: str | Path | None = None, seg_config: str = "default", seed: int = 0,
              steps: int | None = None, batch_size: int = 8, max_test: int | None = None,
-             max_train: int | None = None, fid_frames: int = 5, examples: int = 4) -> Path:
-    """Evaluate ``model`` on ``data`` into ``out`` (see the module docstring); returns ``out/metrics.json``."""
+             max_train: int | None = None, fid_frames: int = 5, examples: int = 4,
+             turing: str | Path | None = None) -> Path:
+    """Evaluate ``model`` on ``data`` into ``out`` (see the module docstring); returns ``out/metrics.json``.
+    ``turing``: a Turing study folder (``ecgflowcmr turing create``) whose scores join the report."""
     import numpy as np
     import torch.distributed as dist
 
@@ -108,7 +110,13 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
     timings["before_report_s"] = time.perf_counter() - start
     metrics = _finite(metrics)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
-    write_report(out, metrics, result, test.ecgs, test.subject_ids, n_examples=examples)
+    turing_markdown = None
+    if turing is not None:
+        from ecgflowcmr.turing import report_section
+
+        turing_markdown = report_section(turing) or f"The study {turing} has no answers yet."
+    write_report(out, metrics, result, test.ecgs, test.subject_ids, n_examples=examples,
+                 turing_markdown=turing_markdown)
     return out / "metrics.json"
 
 

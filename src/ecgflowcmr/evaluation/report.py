@@ -227,9 +227,10 @@ def segmenter_warning(instrument: dict[str, Any]) -> str:
 
 
 def write_report(out: str | Path, metrics: dict[str, Any], result: Any, ecgs: np.ndarray, subjects: list[str],
-                 n_examples: int = 4) -> Path:
+                 n_examples: int = 4, turing_markdown: str | None = None) -> Path:
     """``out/report.html`` and ``out/metrics.csv`` from the evaluation's metrics tree and an
-    ``InstrumentResult`` (its test cines, curves and measures); ``ecgs`` (N, 12, 5000) of the test subjects."""
+    ``InstrumentResult`` (its test cines, curves and measures); ``ecgs`` (N, 12, 5000) of the test subjects;
+    ``turing_markdown``: a scored Turing study's section (``turing.report_section``), shown as written."""
     out = Path(out)
     write_metrics_csv(out / "metrics.csv", metrics)
     instrument = metrics["instrument"]
@@ -274,7 +275,14 @@ of {html.escape(subjects[0])}, for viewers without video.</figcaption></figure>
 <h2>LV area over the cycle</h2><img alt="area curves" src="{area_curves_png(result.curves, subjects, k)}">
 <h2>Generated vs real measures</h2><img alt="scatter" src="{scatter_png(result.measures, measures)}">
 <h2>Ablations</h2><p class="note">No sweep in this run (ablation sweeps are not part of this version).</p>
-</body></html>"""
+{_turing_html(turing_markdown)}</body></html>"""
     report = out / "report.html"
     write_text_atomic(report, page)
     return report
+
+
+def _turing_html(markdown: str | None) -> str:
+    """The Turing study's Markdown (tables included) as preformatted text; empty without a study."""
+    if markdown is None:
+        return ""
+    return f"<h2>Turing test (raters)</h2><pre class='turing'>{html.escape(markdown)}</pre>\n"
