@@ -32,8 +32,8 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request, send_file
 from werkzeug.exceptions import HTTPException
 
+import ecgflowcmr.turing.pages as pages
 from ecgflowcmr.errors import InputError
-from ecgflowcmr.turing import pages
 from ecgflowcmr.turing.study import ANSWERS, TOKEN_HEX_CHARS, VIDEO_DIR, connect, settings
 
 MAX_BODY_BYTES = 4096

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+import ecgflowcmr.turing.encode as encode
 from ecgflowcmr.atomic import atomic_dir
 from ecgflowcmr.errors import InputError
-from ecgflowcmr.turing import encode
 from ecgflowcmr.turing.sources import CineRef, list_cines, load_cine
 
 MODES = ("single", "pair")
