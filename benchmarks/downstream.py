@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from ecgflowcmr.evaluation.speed import counted_flops, matmul_gflops, timed
+from ecgflowcmr.evaluation.speed import counted_flops, matmul_gflops, print_table, timed
 from ecgflowcmr.models.video_vit import PRESETS, VideoMAE, VideoViTPredictor
 
 
@@ -71,11 +71,7 @@ def main() -> None:
     device = torch.device(args.device)
     machine = matmul_gflops(device)
     rows = [row for name in args.presets for row in bench(name, args.batch, args.repeats, device)]
-    header = ("preset", "size", "what", "batch", "cines/s", "GFLOP/cine", "GFLOP/s")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print(f"device {device} ({torch.get_num_threads()} threads); fp32 2048² matmul: {machine:.1f} GFLOP/s")
-    for row in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print_table(("preset", "size", "what", "batch", "cines/s", "GFLOP/cine", "GFLOP/s"), rows, device, machine)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import math
 import torch
 
 from ecgflowcmr.config import load_config
-from ecgflowcmr.evaluation.speed import counted_flops, matmul_gflops, timed
+from ecgflowcmr.evaluation.speed import counted_flops, matmul_gflops, print_table, timed
 from ecgflowcmr.models.align import align_cycles, unwrapped_phase_from_rpeaks
 from ecgflowcmr.models.pa_mae import PAMAE
 from ecgflowcmr.training.stages.pamae import RunConfig
@@ -92,11 +92,7 @@ def main() -> None:
         batch = args.batch[i] if args.batch else (16 if name == "tiny" else 2)
         for encoder in args.encoders:
             rows += bench_preset(name, encoder, batch, args.repeats, device)
-    header = ("preset", "size", "what", "batch", "ECGs/s", "GFLOP/ECG", "GFLOP/s")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print(f"device {device} ({torch.get_num_threads()} threads); fp32 2048² matmul: {machine:.1f} GFLOP/s")
-    for row in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print_table(("preset", "size", "what", "batch", "ECGs/s", "GFLOP/ECG", "GFLOP/s"), rows, device, machine)
 
 
 if __name__ == "__main__":

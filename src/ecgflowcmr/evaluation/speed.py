@@ -55,3 +55,11 @@ def counted_flops(fn: Callable[[], object]) -> float:
     with FlopCounterMode(display=False) as counter:
         fn()
     return float(counter.get_total_flops())
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], device: torch.device, peak: float) -> None:
+    """The benchmarks' table: the device, its measured matmul peak, then left-aligned columns."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print(f"device {device} ({torch.get_num_threads()} threads); fp32 2048² matmul: {peak:.1f} GFLOP/s")
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
