@@ -54,7 +54,8 @@ from sklearn.preprocessing import StandardScaler
 from ecgflowcmr.bundle import WEIGHTS_FILE, load_model, load_weights, read_template
 from ecgflowcmr.config import dump_yaml, load_config
 from ecgflowcmr.evaluation.conditioning import circular_frame_error, es_frame
-from ecgflowcmr.flow.objective import FlowMatching
+from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
+from ecgflowcmr.flow.prior import LinearPrior
 from ecgflowcmr.flow.sampler import sample
 from ecgflowcmr.models.dit import count_parameters
 from ecgflowcmr.store import latents
@@ -165,6 +166,8 @@ def train_variant(sets: list[str], preset: str, seed: int, train_pairs, template
     model = FlowMatching(config, template if config.use_template else None,
                          flow_stage.condition_statistics(train_pairs) if config.standardise_condition else None)
     start = time.perf_counter()
+    if model.prior is not None:
+        flow_stage.fit_prior(model, train_pairs, cfg.stage.prior_max_items)
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resumed one
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
@@ -180,7 +183,7 @@ def generate_latents(model: FlowMatching, cond: torch.Tensor, seeds: np.ndarray,
     out = []
     for start in range(0, len(cond), batch):
         part = slice(start, start + batch)
-        z0 = torch.cat([model.initial_state(1, torch.Generator().manual_seed(int(s))) for s in seeds[part]])
+        z0 = torch.cat([model.initial_state(1, torch.Generator().manual_seed(int(s))) for s in seeds[part]])  # + Δ(c) in sample
         out.append(sample(model, cond[part], steps=cfg.sample_steps, method=cfg.sample_method,
                           guidance=cfg.sample_guidance, z0=z0))
     return torch.cat(out)
@@ -247,8 +250,11 @@ def main() -> None:
     ceiling = {"dx ECG": balanced_accuracy_score(y_te, classifier().fit(ecg_tr, y_tr).predict(ecg_te)),
                "FAC ρ ECG": spearmanr(ridge.predict(ecg_te[:n_dec]), fac_te).statistic}
     nearest = torch.cdist(torch.from_numpy(ecg_te), torch.from_numpy(ecg_tr)).argmin(1)
+    prior = LinearPrior(tuple(test["cond"].shape[1:]), tuple(template.shape), FlowConfig.prior_components,
+                        FlowConfig.prior_time_bins)
+    prior.fit(train["z1"] - template, train["cond"])
     baselines = {"template": template.expand_as(test["z1"]).clone(), "retrieval": train["z1"][nearest],
-                 "real (VAE recon)": test["z1"].clone()}
+                 "ECG linear prior (no flow)": template + prior(test["cond"]), "real (VAE recon)": test["z1"].clone()}
 
     rows = []
 

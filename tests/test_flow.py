@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -190,12 +191,15 @@ class Field:
     def __init__(self, a: Tensor, b: Tensor, z0: Tensor):
         self.a, self.b, self.z0, self.calls = a, b, z0, []
 
-    def velocity(self, z: Tensor, t: Tensor, c: Tensor) -> Tensor:
+    def velocity(self, z: Tensor, t: Tensor, c: Tensor, shift: Tensor | None = None) -> Tensor:
         self.calls.append(z.shape[0])
         return (self.a + self.b * t[:, None]).expand_as(z)
 
     def initial_state(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
         return self.z0.expand(batch, -1).clone()
+
+    def prior_shift(self, c: Tensor) -> None:
+        return None
 
     def null_condition(self, batch: int) -> Tensor:
         return torch.zeros(batch, 1)
@@ -228,9 +232,9 @@ def test_guidance_is_one_batched_pass_equal_to_two_passes() -> None:
     calls = []
     original = flow.velocity
 
-    def counting(z: Tensor, t: Tensor, c: Tensor) -> Tensor:
+    def counting(z: Tensor, t: Tensor, c: Tensor, shift: Tensor | None = None) -> Tensor:
         calls.append(z.shape[0])
-        return original(z, t, c)
+        return original(z, t, c, shift)
 
     flow.velocity = counting
     guided = sample(flow, cond, steps=steps, guidance=w, z0=z0)
@@ -494,6 +498,80 @@ def test_standardised_condition_uses_the_training_statistics(synthetic_store: Pa
     torch.testing.assert_close(seen["c"], (c - flow.cond_mean) / flow.cond_std)
     with pytest.raises(ConfigError):
         FlowMatching(FlowConfig(dit=SMALL), cond_stats=(torch.zeros(6, 8), torch.ones(6, 8)))
+
+
+def test_the_ecg_prior_fit_recovers_a_linear_map_and_travels_with_the_weights(synthetic_store: Path,
+                                                                             tmp_path: Path,
+                                                                             real_upstream: dict) -> None:
+    """model.prior=ecg_linear: the stage fits Δ(c) on the training split (prior.json says how well), the buffers
+    are saved with the weights, and a bundle's sampling starts from template + Δ(c)."""
+    import json
+
+    from ecgflowcmr.store.latents import read_encoded_split
+    from ecgflowcmr.training.stages import flow as flow_stage
+    from ecgflowcmr.training.tasks import run_stage
+
+    sets = ["train.steps=2", "train.batch_size=2", "train.val_every=0", "train.device=cpu", "model.sample_steps=1",
+            "eval.max_items=2", "model.prior=ecg_linear", "model.prior_components=4", "model.prior_time_bins=5"]
+    run = run_stage(flow_stage, "flow", synthetic_store, tmp_path / "run", config="tiny", sets=sets, **real_upstream)
+    found = json.loads((run / "prior.json").read_text())
+    assert found["items"] == 8 and 0 < found["components_variance"] <= 1 + 1e-6
+    flow = load_model(run, "flow")
+    assert flow.prior is not None and flow.prior.basis.abs().sum() > 0  # fitted, not the zeros it starts as
+    train = read_encoded_split(run, "train")
+    refit = FlowMatching(flow.config, flow.template)
+    refit.prior.fit(train["z1"] - flow.template, train["cond"])
+    torch.testing.assert_close(refit.prior_shift(train["cond"]), flow.prior_shift(train["cond"]))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert np.isfinite(metrics["flow_latent_mse_prior"]["value"])
+
+
+def test_the_prior_fit_recovers_a_known_linear_map() -> None:
+    from ecgflowcmr.flow.prior import LinearPrior
+
+    g = torch.Generator().manual_seed(0)
+    n, frames, dim, bins = 200, 6, 8, 3
+    cond = torch.randn(n + 50, frames, dim, generator=g)
+    prior = LinearPrior((frames, dim), SHAPE, components=3, time_bins=bins)
+    features = prior.features(cond)  # (n, bins·dim)
+    directions = torch.linalg.qr(torch.randn(int(np.prod(SHAPE)), 3, generator=g))[0].T  # (3, L) orthonormal
+    deviation = (0.3 + features @ torch.randn(bins * dim, 3, generator=g) @ directions).reshape(-1, *SHAPE)
+    found = prior.fit(deviation[:n], cond[:n])
+    assert found["components_variance"] == pytest.approx(1, abs=1e-5)
+    assert found["train_variance_explained"] > 0.99
+    error = (prior(cond[n:]) - deviation[n:]).pow(2).mean() / deviation[n:].var()
+    assert error < 0.01  # held-out items: the map itself was found, not the training points
+    with pytest.raises(ConfigError, match="prior_time_bins"):
+        LinearPrior((frames, dim), SHAPE, components=3, time_bins=4)
+
+
+def test_with_the_prior_an_untrained_clean_flow_lands_on_template_plus_prior() -> None:
+    """ẑ1 = template + Δ(c) + net(·): with the output layer at zero (adaLN-Zero start), every noise draw lands on
+    the ECG prior's prediction; without the prior, sampling is unchanged (Δ = None)."""
+    torch.manual_seed(0)
+    flow = FlowMatching(FlowConfig(dit=SMALL, prior="ecg_linear", prediction="clean", prior_time_bins=3),
+                        torch.randn(SHAPE))
+    for name in ("coef", "basis", "intercept", "offset"):
+        getattr(flow.prior, name).normal_()
+    cond = torch.randn(3, 6, 8)
+    expected = flow.template + flow.prior_shift(cond)
+    for seed in (1, 2):
+        z = sample(flow, cond, steps=3, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(z, expected)
+    plain = sample(flow, cond, steps=3, generator=torch.Generator().manual_seed(1), ecg_prior=False)
+    torch.testing.assert_close(plain, flow.template.expand_as(plain))
+
+
+def test_a_dropped_condition_starts_from_the_plain_template() -> None:
+    flow = small_flow(prior="ecg_linear", prior_time_bins=3, cond_dropout=0.5)
+    z1, c = torch.randn(2, *SHAPE), torch.randn(2, 6, 8)
+    t, eps = torch.tensor([0.3, 0.6]), torch.randn(2, *SHAPE)
+    drop = torch.tensor([True, True])
+    before = flow.loss(z1, c, t, eps, drop)[0]
+    for name in ("coef", "basis", "intercept", "offset"):
+        getattr(flow.prior, name).normal_()
+    assert torch.equal(flow.loss(z1, c, t, eps, drop)[0], before)  # Δ(c) does not reach a dropped item
+    assert not torch.equal(flow.loss(z1, c, t, eps, ~drop)[0], before)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -206,7 +206,8 @@ class Pipeline:
             z0 = torch.cat([self.flow.initial_state(1, torch.Generator(device=self.device).manual_seed(int(s)))
                             for s, ok in zip(seed, valid) if ok])
         start = time.perf_counter()
-        z1 = sample(self.flow, cond, steps=steps, method=method, guidance=guidance, z0=z0)
+        z1 = sample(self.flow, cond, steps=steps, method=method, guidance=guidance, z0=z0,
+                    ecg_prior=not null_condition)
         self.timings.sample += time.perf_counter() - start
         start = time.perf_counter()
         video = self.vae.decode_latent(z1)  # (b, 1, 50, 96, 96) in [-1, 1]

@@ -204,6 +204,13 @@ def flow_metrics(model: FlowMatching, pairs: LatentPairs | None, cfg: EvalConfig
                           "false), no ECG, no sampling, same items"},
         "flow_test_items": {"value": n, "definition": "test items with a valid ECG alignment that were sampled"},
     }
+    if model.prior is not None:
+        shift = torch.cat([model.prior_shift(cond[i : i + cfg.batch_size].to(device)).cpu()
+                           for i in range(0, n, cfg.batch_size)])
+        metrics["flow_latent_mse_prior"] = {
+            "value": float(((model.template.cpu() + shift - z1) ** 2).mean()),
+            "definition": "the ECG prior alone: mean of (z_template + Δ(c) − z1)², Δ the closed-form linear "
+                          "prediction from the subject's own ECG (the flow's start without noise), same items"}
     if n < 2:  # the comparisons below need two subjects
         return metrics
     metrics |= {

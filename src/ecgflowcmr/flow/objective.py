@@ -11,7 +11,17 @@
     "velocity":  v̂ = net(z_t, t, c)                                  (the paper)
     "clean":     ẑ1 = z_template + net(z_t, t, c),  v̂ = (ẑ1 − z_t) / max(1 − t, clean_t_eps)
 
-The second is the same velocity field reparameterised (the straight line from z_t through ẑ1, as JiT, Li &
+``prior`` chooses where the flow starts (``flow.prior``):
+
+    "template":    z0 = z_template + α·ε                                (the paper, Eq. 4)
+    "ecg_linear":  z0 = z_template + Δ(c) + α·ε, network input z_t − Δ(c), ẑ1 = z_template + Δ(c) + net(…)
+
+with Δ(c) a closed-form linear prediction of the latent's deviation from the template from the ECG
+(``LinearPrior``, fitted by the flow stage): the paper's flow on what the linear map leaves unexplained.
+An item whose condition is dropped (classifier-free guidance) starts from the plain template, so the
+unconditional model stays ECG-blind.
+
+The clean prediction is the same velocity field reparameterised (the straight line from z_t through ẑ1, as JiT, Li &
 He 2025): the network predicts the clean latent as a deviation from the anatomical template, so an untrained
 or uncertain network lands on (a blur of) the template rather than on leftover noise, and Euler's last step
 returns ẑ1 itself.
@@ -31,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ecgflowcmr.errors import ConfigError
+from ecgflowcmr.flow.prior import LinearPrior
 from ecgflowcmr.models.dit import DiT, DiTConfig
 
 
@@ -73,6 +84,14 @@ class FlowConfig:
     against z1, i.e. Eq. 7 weighted by (1 − t)² (the weighting of x-prediction with an x-loss)."""
     clean_t_eps: float = 0.05
     """Floor of 1 − t when a clean prediction is turned into a velocity (bounds the loss weight near t = 1)."""
+    prior: Literal["template", "ecg_linear"] = "template"
+    """Where the flow starts: the one anatomical template (paper, Eq. 4), or the template plus the ECG's linear
+    prediction of the subject's deviation from it (``flow.prior.LinearPrior``, fitted in closed form on the
+    training split by the flow stage; see the module docstring)."""
+    prior_components: int = 64
+    """K: principal directions of the latent's deviation from the template that the ECG prior predicts."""
+    prior_time_bins: int = 10
+    """The ECG prior's features: the aligned tokens averaged over this many equal groups of frames."""
 
     def __post_init__(self) -> None:
         if self.alpha < 0:
@@ -89,6 +108,12 @@ class FlowConfig:
             raise ConfigError("model.sample_steps", f"must be ≥ 1, got {self.sample_steps}")
         if not 0 < self.clean_t_eps <= 1:
             raise ConfigError("model.clean_t_eps", f"must be in (0, 1], got {self.clean_t_eps}")
+        if self.prior_components < 1:
+            raise ConfigError("model.prior_components", f"must be ≥ 1, got {self.prior_components}")
+        if self.prior_time_bins < 1:
+            raise ConfigError("model.prior_time_bins", f"must be ≥ 1, got {self.prior_time_bins}")
+        if self.prior == "ecg_linear" and not self.use_template:
+            raise ConfigError("model.prior", "'ecg_linear' predicts the deviation from the template: needs use_template")
         if self.sample_guidance is not None and self.cond_dropout == 0:
             raise ConfigError("model.sample_guidance", "guidance needs cond_dropout > 0 (an unconditional model)")
 
@@ -135,6 +160,10 @@ class FlowMatching(nn.Module):
         elif tuple(template.shape) != config.latent_shape:
             raise ConfigError("template", f"shape {tuple(template.shape)} is not {config.latent_shape}")
         self.register_buffer("template", template.detach().float().clone())  # (C, T, H', W')
+        self.prior = None
+        if config.prior == "ecg_linear":  # fitted by the flow stage (LinearPrior.fit), then saved with the weights
+            self.prior = LinearPrior((config.dit.frames, config.dit.cond_dim), config.latent_shape,
+                                     config.prior_components, config.prior_time_bins)
         self._to_velocity = self._velocity_from_clean if config.prediction == "clean" else self._velocity_as_is
         self._loss_weight = _one_minus if config.loss_space == "clean" else _unit
 
@@ -167,28 +196,39 @@ class FlowMatching(nn.Module):
             raise ConfigError("guidance", "this flow was trained without condition dropout (cond_dropout = 0)")
         return self.null_cond.expand(batch, -1, -1)
 
-    def velocity(self, z_t: Tensor, t: Tensor, c: Tensor) -> Tensor:
-        """Eq. 6: v̂ = v_θ(z_t, t, c); z_t (B, C, T, H', W'), t (B,), c (B, T, D_ecg)."""
+    def prior_shift(self, c: Tensor) -> Tensor | None:
+        """Δ(c) (B, C, T, H', W'): the ECG prior's start relative to the template; None without one."""
+        return None if self.prior is None else self.prior(c)
+
+    def velocity(self, z_t: Tensor, t: Tensor, c: Tensor, shift: Tensor | None = None) -> Tensor:
+        """Eq. 6: v̂ = v_θ(z_t − Δ, t, c); z_t (B, C, T, H', W'), t (B,), c (B, T, D_ecg), ``shift`` Δ (B, C, T,
+        H', W') the ECG prior's start relative to the template (None or zeros: the plain template)."""
         if self.config.standardise_condition:
             c = (c - self.cond_mean) / self.cond_std  # (B, T, D_ecg)
-        return self._to_velocity(self.dit(z_t, t, c), z_t, t)
+        z_in = z_t if shift is None else z_t - shift
+        return self._to_velocity(self.dit(z_in, t, c), z_in, t)
 
-    def _velocity_as_is(self, out: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
+    def _velocity_as_is(self, out: Tensor, z_in: Tensor, t: Tensor) -> Tensor:
         return out
 
-    def _velocity_from_clean(self, out: Tensor, z_t: Tensor, t: Tensor) -> Tensor:
-        """out = ẑ1 − z_template (B, C, T, H', W') → v̂ = (ẑ1 − z_t) / max(1 − t, ε)."""
+    def _velocity_from_clean(self, out: Tensor, z_in: Tensor, t: Tensor) -> Tensor:
+        """out = ẑ1 − z_template − Δ (B, C, T, H', W') → v̂ = (ẑ1 − z_t) / max(1 − t, ε); z_in = z_t − Δ."""
         one_minus_t = (1 - t).clamp_min(self.config.clean_t_eps)[:, None, None, None, None]
-        return (self.template + out - z_t) / one_minus_t
+        return (self.template + out - z_in) / one_minus_t
 
     def loss(self, z1: Tensor, c: Tensor, t: Tensor, eps: Tensor, drop: Tensor | None = None) -> tuple[Tensor, dict]:
         """Eq. 4–7 for given t (B,), ε (B, C, T, H', W') and condition-dropout mask drop (B,) bool."""
-        z0 = self.template + self.config.alpha * eps  # (B, C, T, H', W')  Eq. 4
-        tt = t[:, None, None, None, None]
-        z_t = (1 - tt) * z0 + tt * z1  # (B, C, T, H', W')  Eq. 4
+        shift = self.prior_shift(c)  # (B, C, T, H', W') or None
         if drop is not None:
             c = torch.where(drop[:, None, None], self.null_condition(c.shape[0]), c)  # (B, T, D_ecg)
-        v = self.velocity(z_t, t, c)  # (B, C, T, H', W')  Eq. 6
+            if shift is not None:  # a dropped item starts from the plain template: the null model is ECG-blind
+                shift = shift * (~drop)[:, None, None, None, None]
+        z0 = self.template + self.config.alpha * eps  # (B, C, T, H', W')  Eq. 4
+        if shift is not None:
+            z0 = z0 + shift
+        tt = t[:, None, None, None, None]
+        z_t = (1 - tt) * z0 + tt * z1  # (B, C, T, H', W')  Eq. 4
+        v = self.velocity(z_t, t, c, shift)  # (B, C, T, H', W')  Eq. 6
         loss = F.mse_loss(v * self._loss_weight(tt), (z1 - z0) * self._loss_weight(tt))  # Eq. 5, 7
         return loss, {"mse": loss.detach()}
 

@@ -43,10 +43,15 @@ SPLITS = ("train", "val", "test")
 class FlowStageConfig:
     encode_batch_size: int = 8
     """Batch size when encoding the store with the frozen PA-MAE and VAE (once, before training)."""
+    prior_max_items: int = 2048
+    """With ``model.prior: ecg_linear``: the ECG prior is fitted on the first this-many training items (store
+    order; the split is random), which bounds its memory (~0.23 GB per 1,000 items at paper latent size)."""
 
     def __post_init__(self) -> None:
         if self.encode_batch_size < 1:
             raise ConfigError("stage.encode_batch_size", f"must be ≥ 1, got {self.encode_batch_size}")
+        if self.prior_max_items < 3:
+            raise ConfigError("stage.prior_max_items", f"must be ≥ 3, got {self.prior_max_items}")
 
 
 @dataclass
@@ -117,6 +122,13 @@ def condition_statistics(pairs: LatentPairs) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
 
 
+def fit_prior(model: FlowMatching, train: LatentPairs, max_items: int) -> dict[str, float]:
+    """Fit the flow's ECG prior (``flow.prior.LinearPrior``) on up to ``max_items`` training items."""
+    items = train.tensors(max_items)
+    found = model.prior.fit(items["z1"] - model.template, items["cond"])
+    return {"items": len(items["z1"]), **found}
+
+
 def fit_to_upstream(config: FlowConfig, z1: Tensor, cond: Tensor) -> FlowConfig:
     """The DiT's latent shape and ECG width are not free choices: take them from the encoded data."""
     _, c, t, h, w = z1.shape
@@ -150,6 +162,9 @@ def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = Non
     config = fit_to_upstream(cfg.model, first["z1"][None], first["cond"][None])
     template = read_template(Path(vae)) if config.use_template else None
     model = FlowMatching(config, template, condition_statistics(train) if config.standardise_condition else None)
+    if model.prior is not None:  # the same closed-form fit on every rank (and restored exactly on resume)
+        found = fit_prior(model, train, cfg.stage.prior_max_items)
+        write_text_atomic(Path(run_dir) / "prior.json", json.dumps(found, indent=2))
     write_text_atomic(Path(run_dir) / "upstream.json",
                       json.dumps({"pamae": str(Path(pamae).resolve()), "vae": str(Path(vae).resolve())}, indent=2))
     return Setup(model=model, train_set=train, val_set=encoded.get("val"))
