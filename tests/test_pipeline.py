@@ -49,7 +49,7 @@ def test_pipeline_generates_from_a_file(demo_run: Path) -> None:
 
 
 def test_generate_manifest_resumes_and_records_failures(demo_run: Path, tmp_path: Path) -> None:
-    cohort = demo_run / "cohort"
+    cohort = demo_run / "heldout_cohort"  # the quick demo generates a held-out cohort's test split, as `small`
     with open(cohort / "test_manifest.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))[:3]
     (cohort / "broken.hea").write_text("not a header\n")
@@ -144,7 +144,7 @@ def test_the_pipeline_decodes_the_template_the_vae_stage_reported(demo_run: Path
     template = load_file(str(demo_run / "vae" / "template.safetensors"))["template"]
     torch.testing.assert_close(pipe.flow.template, template)
     z0 = pipe.flow.initial_state(1, torch.Generator().manual_seed(0))  # template + α·ε (Eq. 4)
-    eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+    eps = pipe.flow.noise(1, torch.Generator().manual_seed(0))  # the preset's ε (frame-correlated: test_flow)
     torch.testing.assert_close(z0, template + pipe.flow.config.alpha * eps)
     decoded = (pipe.vae.decode_latent(template[None]) + 1) / 2  # (1, 1, T, H, W) as generate_batch decodes
     vae_metrics = json.loads((demo_run / "vae" / "metrics.json").read_text())
