@@ -65,7 +65,7 @@ DEMO = Recipe(
 SMALL = Recipe(
     name="small", subjects=1500, cohort={"ecg_only_fraction": 0.0, "split_fractions": (0.9, 0.05, 0.05)},
     heldout_subjects=400, heldout_cohort={"ecg_only_fraction": 0.0, "split_fractions": (0.6, 0.1, 0.3)},
-    steps={"pamae": 2000, "vae": 3000, "flow": 4000},
+    steps={"pamae": 2000, "vae": 3000, "flow": 2000},
     stage_sets={"pamae": [], "vae": ["eval.max_items=32"], "flow": ["eval.max_items=64"]},
     seg_config="default", eval_test=120, eval_train=240, examples=4)
 
