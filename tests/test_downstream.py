@@ -23,7 +23,7 @@ from ecgflowcmr.errors import ConfigError, InputError
 DIAGNOSES = ("normal", "hcm", "dcm", "rcm", "mi")
 FAST = ["folds=2", "pretrain.steps=2", "pretrain.batch_size=4", "pretrain.ckpt_every=1", "finetune.epochs=1",
         "finetune.batch_size=4", "model.width=24", "model.heads=2", "model.depth=1", "model.decoder_width=16",
-        "model.decoder_heads=2", "eval_batch_size=4"]
+        "model.decoder_heads=2", "eval_batch_size=4", "pretrain_split=folds"]
 
 
 def label_store(store: Path) -> Path:

@@ -145,7 +145,9 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument("--n", type=int, required=True, help="number of subjects")
     p.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
-    p.add_argument("--config", type=Path, default=None, help="YAML overriding the simulator's parameters")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML overriding the simulator's parameters, or a preset name: downstream (the "
+                   "cohort of the downstream tiny default)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     p.set_defaults(func=_cmd_phantom)
 
