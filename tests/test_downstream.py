@@ -194,6 +194,8 @@ def test_metrics_closed_forms() -> None:
     d = paired_difference([0.7, 0.8, 0.9], [0.6, 0.6, 0.6])
     half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t(0.975, 2) · sd / √n
     assert d["diff"] == pytest.approx(0.2) and d["high"] - d["diff"] == pytest.approx(half)
+    assert d["sd"] == pytest.approx(0.1)
+    assert d["detectable"] == pytest.approx((4.302652729911275 + 1.0606601717798212) * 0.1 / math.sqrt(3))
 
 
 def test_outputs_tables_csv_json_plots(tmp_path: Path) -> None:
@@ -216,6 +218,22 @@ def test_outputs_tables_csv_json_plots(tmp_path: Path) -> None:
     control = [d for d in result["paired_differences"] if d["method"] == "template@1" and d["against"] == "ecg@1"]
     assert control[0]["diff"] == pytest.approx(-0.01)
     assert (tmp_path / "plots" / "cm_auc.png").read_bytes()[:4] == b"\x89PNG"
+    # 4 comparisons (3 methods vs real, template vs ecg), each the same on every fold: sd 0, all seen
+    assert "## How small a difference these folds can see" in tables
+    assert "| cm (auc) | 4 | 0.000 (0.000–0.000) | ±0.000 | 0.000 (0.000–0.000) |" in tables
+
+
+def test_report_section_reads_a_finished_folder(tmp_path: Path) -> None:
+    from ecgflowcmr.downstream.report import report_section
+
+    with pytest.raises(InputError, match=r"no tables\.md"):
+        report_section(tmp_path)
+    rows = [{"task": "cm", "method": m, "source": m, "mix": 0, "fold": k, "metric": "auc", "value": v * (1 + k),
+             "n_train": 8, "n_test": 4} for k in range(2) for m, v in (("scratch", 0.3), ("real", 0.4))]
+    write_outputs(tmp_path, rows, {"folds": 2})
+    markdown, plots = report_section(tmp_path)
+    assert markdown == (tmp_path / "tables.md").read_text()
+    assert [name for name, _ in plots] == ["cm_auc"] and plots[0][1][:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
