@@ -107,7 +107,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     path = evaluate(args.model, args.data, args.out, weights=args.weights, segmenter=args.segmenter,
                     seg_config=args.seg_config, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
                     max_test=args.max_test, max_train=args.max_train, fid_frames=args.fid_frames,
-                    turing=args.turing)
+                    turing=args.turing, downstream=args.downstream)
     print(f"wrote {path} (and metrics.csv, report.html beside it)")
 
 
@@ -265,6 +265,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="frames per cine for the Inception FID (default 5; 0 skips it)")
     p.add_argument("--turing", type=Path, default=None, metavar="STUDY",
                    help="a Turing study folder (`ecgflowcmr turing create`): its scores join the report")
+    p.add_argument("--downstream", type=Path, default=None, metavar="DIR",
+                   help="a finished `ecgflowcmr downstream` output folder: its tables and plots join the report")
     p.set_defaults(func=_cmd_evaluate)
 
 
