@@ -157,6 +157,37 @@ def test_shared_pretraining_on_a_reserved_split(labelled_store: Path, tmp_path: 
     assert {r["fold"] for r in rows} == {0, 1}
 
 
+def test_plan_counts_the_work_the_experiment_does(labelled_store: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """plan() counts the pretrainings, fine-tuning runs, cine passes and predictions run_experiment does."""
+    from ecgflowcmr.downstream.plan import Rates, plan, project
+
+    cfg = load_config(DownstreamConfig, "downstream", "tiny", [*FAST, "mix=[0, 1]", "tasks=[cm, phenotypes]",
+                                                                "controls=[]", "finetune.epochs=0",
+                                                                "finetune.steps=2", "pretrain_split=train"])
+    work = plan(cfg, labelled_store)
+    passes = {"pretrain": 0, "finetune": 0, "runs": 0}
+    original = experiment.fit_once
+
+    def spy(setup, train, run_dir, run_config=None):
+        summary = original(setup, train, run_dir, run_config)
+        kind = "pretrain" if run_dir.name == "pretrain" else "finetune"
+        passes[kind] += summary["steps"] * train.batch_size
+        passes["runs"] += 1
+        return summary
+
+    monkeypatch.setattr(experiment, "fit_once", spy)
+    rows = run_experiment(cfg, labelled_store, {"ecg": pool(14)}, tmp_path / "out", log=lambda m: None)
+    assert work.sources == ["ecg"] and work.sizes["synthetic_needed"] == 14 and work.generated_per_source == 17
+    assert work.pretrainings == 2 and work.pretrain_cines == passes["pretrain"] == 2 * 2 * 4
+    assert work.finetunes + work.pretrainings == passes["runs"] == 2 + 3 * 2 * 2  # 3 methods, 2 folds, 2 tasks
+    assert work.finetune_cines == passes["finetune"]
+    assert work.predictions == sum(r["n_test"] for r in rows if r["metric"] in ("auc", "mean_r2"))
+    seconds = project(work, Rates(1.0, 16.0, 32.0, 64.0, 0.5))
+    assert seconds["generate"] == 17 and seconds["pretrain"] == 1.0
+    assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"))
+
+
 def test_fit_once_resume_equals_uninterrupted(tmp_path: Path) -> None:
     from ecgflowcmr.training.stages.cine_vit import fit_once, pretrain_setup, seed_init
 

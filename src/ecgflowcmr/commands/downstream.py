@@ -17,7 +17,6 @@ generated as the largest mix needs (plus 5 % for ECGs that fail).
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from ecgflowcmr.config import load_config
 from ecgflowcmr.downstream import DownstreamConfig, SyntheticPool, run_downstream
 from ecgflowcmr.downstream.cohort import cohorts
 from ecgflowcmr.downstream.experiment import synthetic_needed
+from ecgflowcmr.downstream.plan import to_generate
 from ecgflowcmr.downstream.synthetic import pack_pool
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.io.manifest import read_manifest
@@ -107,4 +107,4 @@ def choose_ecg_only(manifest_path: Path, real_ids: set[str], need: int, seed: in
         raise InputError(manifest_path, f"{len(ids)} ECG-only subjects outside the real cohort; the largest "
                          f"mix needs {need}")
     order = np.random.default_rng([seed, 4]).permutation(len(ids))
-    return sorted(ids[j] for j in order[:min(len(ids), math.ceil(need * 1.05) + 2)])
+    return sorted(ids[j] for j in order[:min(len(ids), to_generate(need))])
