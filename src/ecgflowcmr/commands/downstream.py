@@ -5,6 +5,7 @@ Output folder::
     OUT/synthetic/<source>/files/<shard>/<subject_id>.nii.gz   generate's resumable, sharded output
     OUT/synthetic/<source>/pack/cines.npy, subjects.csv        the same cines read back with read_cine
     OUT/runs/fold<k>/<method>/pretrain/, <task>/               one training run each (resumable)
+    OUT/runs/shared/<method>/pretrain/                         instead, with a held-out pretraining split
     OUT/results.csv, results.json, tables.md, plots/*.png
 
 Sources: ``ecg`` (the bundle on each ECG-only subject's own ECG), the controls ``template`` (the same

@@ -3,7 +3,8 @@
 For each fold k (subject-level, :mod:`ecgflowcmr.downstream.cohort`) and each method:
 
 * ``scratch``: no pretraining;
-* ``real``: MAE on the real cines of the folds ≠ k;
+* ``real``: MAE on the real cines of the folds ≠ k (``pretrain_split: folds``), or on those of a split held
+  out of the cross-validation, one run shared by every fold (``pretrain_split: train``, the ``tiny`` default);
 * ``<source>@<mix>``: MAE on those real cines plus ``round(mix × n_real)`` synthetic cines of one source
   (``ecg``: generated from the ECG-only cohort's own ECGs; the controls ``template``, ``shuffled`` and
   ``ablation:NAME``). The synthetic subset is nested (the cines of mix 1 are in mix 2, …) and the same
