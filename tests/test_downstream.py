@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,20 @@ def test_plan_counts_the_work_the_experiment_does(labelled_store: Path, tmp_path
     seconds = project(work, Rates(1.0, 16.0, 32.0, 64.0, 0.5))
     assert seconds["generate"] == 17 and seconds["pretrain"] == 1.0
     assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"))
+
+
+def test_a_rerun_with_other_sizes_refuses_the_old_runs(labelled_store: Path, tmp_path: Path) -> None:
+    """Finished runs answer for the settings they were trained with: a rerun into the same folder with other
+    fine-tuning or pretraining sizes stops with the setting named; bookkeeping (logging) may change."""
+    sets = [*FAST, "mix=[0]", "tasks=[cm]"]
+    cfg = load_config(DownstreamConfig, "downstream", "tiny", sets)
+    rows = run_experiment(cfg, labelled_store, {}, tmp_path / "out", log=lambda m: None)
+    again = load_config(DownstreamConfig, "downstream", "tiny", [*sets, "finetune.log_every=7"])
+    assert run_experiment(again, labelled_store, {}, tmp_path / "out", log=lambda m: None) == rows
+    for changed, name in (("finetune.epochs=2", "finetune.epochs 1.0 → 2.0"), ("pretrain.lr=0.1", "pretrain.lr")):
+        other = load_config(DownstreamConfig, "downstream", "tiny", [*sets, changed])
+        with pytest.raises(InputError, match=f"other settings \\({re.escape(name)}"):
+            run_experiment(other, labelled_store, {}, tmp_path / "out", log=lambda m: None)
 
 
 def test_fit_once_resume_equals_uninterrupted(tmp_path: Path) -> None:
