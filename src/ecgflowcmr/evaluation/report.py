@@ -301,4 +301,4 @@ def _downstream_html(section: tuple[str, list[tuple[str, bytes]]] | None) -> str
                       f"{base64.b64encode(png).decode()}'><figcaption>{html.escape(name)}</figcaption></figure>"
                       for name, png in plots)
     return (f"<h2>Downstream: does pretraining on generated cines help?</h2>"
-            f"<pre class='downstream'>{html.escape(markdown)}</pre>\n{figures}\n")
+            f"<pre class='downstream' style='white-space:pre-wrap'>{html.escape(markdown)}</pre>\n{figures}\n")
