@@ -10,7 +10,7 @@ set-up, checkpoints, the result files), all measured on the machine that will ru
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,3 @@ def project(work: Work, rates: Rates) -> dict[str, float]:
              "predict": work.predictions / rates.predict_cines_per_s,
              "run_overhead": (work.pretrainings + work.finetunes) * rates.run_overhead_s}
     return {**parts, "total": sum(parts.values())}
-
-
-def describe(work: Work) -> dict[str, Any]:
-    return {**asdict(work), "generated": work.generated}
