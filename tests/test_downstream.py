@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from ecgflowcmr.errors import ConfigError, InputError
 DIAGNOSES = ("normal", "hcm", "dcm", "rcm", "mi")
 FAST = ["folds=2", "pretrain.steps=2", "pretrain.batch_size=4", "pretrain.ckpt_every=1", "finetune.epochs=1",
         "finetune.batch_size=4", "model.width=24", "model.heads=2", "model.depth=1", "model.decoder_width=16",
-        "model.decoder_heads=2", "eval_batch_size=4"]
+        "model.decoder_heads=2", "eval_batch_size=4", "pretrain_split=folds"]
 
 
 def label_store(store: Path) -> Path:
@@ -157,6 +158,51 @@ def test_shared_pretraining_on_a_reserved_split(labelled_store: Path, tmp_path: 
     assert {r["fold"] for r in rows} == {0, 1}
 
 
+def test_plan_counts_the_work_the_experiment_does(labelled_store: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """plan() counts the pretrainings, fine-tuning runs, cine passes and predictions run_experiment does."""
+    from ecgflowcmr.downstream.plan import Rates, plan, project
+
+    cfg = load_config(DownstreamConfig, "downstream", "tiny", [*FAST, "mix=[0, 1]", "tasks=[cm, phenotypes]",
+                                                                "controls=[]", "finetune.epochs=0",
+                                                                "finetune.steps=2", "pretrain_split=train"])
+    work = plan(cfg, labelled_store)
+    passes = {"pretrain": 0, "finetune": 0, "runs": 0}
+    original = experiment.fit_once
+
+    def spy(setup, train, run_dir, run_config=None):
+        summary = original(setup, train, run_dir, run_config)
+        kind = "pretrain" if run_dir.name == "pretrain" else "finetune"
+        passes[kind] += summary["steps"] * train.batch_size
+        passes["runs"] += 1
+        return summary
+
+    monkeypatch.setattr(experiment, "fit_once", spy)
+    rows = run_experiment(cfg, labelled_store, {"ecg": pool(14)}, tmp_path / "out", log=lambda m: None)
+    assert work.sources == ["ecg"] and work.sizes["synthetic_needed"] == 14 and work.generated_per_source == 17
+    assert work.pretrainings == 2 and work.pretrain_cines == passes["pretrain"] == 2 * 2 * 4
+    assert work.finetunes + work.pretrainings == passes["runs"] == 2 + 3 * 2 * 2  # 3 methods, 2 folds, 2 tasks
+    assert work.finetune_cines == passes["finetune"]
+    assert work.predictions == sum(r["n_test"] for r in rows if r["metric"] in ("auc", "mean_r2"))
+    seconds = project(work, Rates(1.0, 16.0, 32.0, 64.0, 0.5))
+    assert seconds["generate"] == 17 and seconds["pretrain"] == 1.0
+    assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"))
+
+
+def test_a_rerun_with_other_sizes_refuses_the_old_runs(labelled_store: Path, tmp_path: Path) -> None:
+    """Finished runs answer for the settings they were trained with: a rerun into the same folder with other
+    fine-tuning or pretraining sizes stops with the setting named; bookkeeping (logging) may change."""
+    sets = [*FAST, "mix=[0]", "tasks=[cm]"]
+    cfg = load_config(DownstreamConfig, "downstream", "tiny", sets)
+    rows = run_experiment(cfg, labelled_store, {}, tmp_path / "out", log=lambda m: None)
+    again = load_config(DownstreamConfig, "downstream", "tiny", [*sets, "finetune.log_every=7"])
+    assert run_experiment(again, labelled_store, {}, tmp_path / "out", log=lambda m: None) == rows
+    for changed, name in (("finetune.epochs=2", "finetune.epochs 1.0 → 2.0"), ("pretrain.lr=0.1", "pretrain.lr")):
+        other = load_config(DownstreamConfig, "downstream", "tiny", [*sets, changed])
+        with pytest.raises(InputError, match=f"other settings \\({re.escape(name)}"):
+            run_experiment(other, labelled_store, {}, tmp_path / "out", log=lambda m: None)
+
+
 def test_fit_once_resume_equals_uninterrupted(tmp_path: Path) -> None:
     from ecgflowcmr.training.stages.cine_vit import fit_once, pretrain_setup, seed_init
 
@@ -194,6 +240,8 @@ def test_metrics_closed_forms() -> None:
     d = paired_difference([0.7, 0.8, 0.9], [0.6, 0.6, 0.6])
     half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t(0.975, 2) · sd / √n
     assert d["diff"] == pytest.approx(0.2) and d["high"] - d["diff"] == pytest.approx(half)
+    assert d["sd"] == pytest.approx(0.1)
+    assert d["detectable"] == pytest.approx((4.302652729911275 + 1.0606601717798212) * 0.1 / math.sqrt(3))
 
 
 def test_outputs_tables_csv_json_plots(tmp_path: Path) -> None:
@@ -216,6 +264,22 @@ def test_outputs_tables_csv_json_plots(tmp_path: Path) -> None:
     control = [d for d in result["paired_differences"] if d["method"] == "template@1" and d["against"] == "ecg@1"]
     assert control[0]["diff"] == pytest.approx(-0.01)
     assert (tmp_path / "plots" / "cm_auc.png").read_bytes()[:4] == b"\x89PNG"
+    # 4 comparisons (3 methods vs real, template vs ecg), each the same on every fold: sd 0, all seen
+    assert "## How small a difference these folds can see" in tables
+    assert "| cm (auc) | 4 | 0.000 (0.000–0.000) | ±0.000 | 0.000 (0.000–0.000) |" in tables
+
+
+def test_report_section_reads_a_finished_folder(tmp_path: Path) -> None:
+    from ecgflowcmr.downstream.report import report_section
+
+    with pytest.raises(InputError, match=r"no tables\.md"):
+        report_section(tmp_path)
+    rows = [{"task": "cm", "method": m, "source": m, "mix": 0, "fold": k, "metric": "auc", "value": v * (1 + k),
+             "n_train": 8, "n_test": 4} for k in range(2) for m, v in (("scratch", 0.3), ("real", 0.4))]
+    write_outputs(tmp_path, rows, {"folds": 2})
+    markdown, plots = report_section(tmp_path)
+    assert markdown == (tmp_path / "tables.md").read_text()
+    assert [name for name, _ in plots] == ["cm_auc"] and plots[0][1][:4] == b"\x89PNG"
 
 
 @pytest.mark.slow

@@ -102,18 +102,44 @@ def test_bad_inputs_exit_2(evaluated: Path, tmp_path: Path, capsys: pytest.Captu
     assert "no trained segmenter" in capsys.readouterr().err
 
 
-def test_turing_study_joins_the_report(evaluated: Path, tmp_path: Path) -> None:
-    """`evaluate --turing STUDY` puts the study's section into report.html (here a study nobody rated yet)."""
+def _downstream_folder(folder: Path) -> Path:
+    """A finished `downstream` output folder, from made-up per-fold scores (the report only reads it)."""
+    from ecgflowcmr.downstream.report import write_outputs
+
+    rows = [{"task": "cm", "method": m, "source": m.partition("@")[0], "mix": float(m.partition("@")[2] or 0),
+             "fold": k, "metric": "auc", "value": v + 0.01 * k, "n_train": 8, "n_test": 4}
+            for k in range(3) for m, v in (("scratch", 0.6), ("real", 0.7), ("ecg@1", 0.75))]
+    write_outputs(folder, rows, {"folds": 3, "seed": 0, "cohort": {"subjects": 12}})
+    return folder
+
+
+def test_turing_study_and_downstream_join_the_report(evaluated: Path, tmp_path: Path) -> None:
+    """`evaluate --turing STUDY --downstream DIR` puts the study's section (here a study nobody rated yet)
+    and the downstream tables and plots into report.html."""
     from ecgflowcmr.turing import create_study
 
     demo = evaluated.parent
     study = tmp_path / "study"
     create_study(f"{demo / 'store'}:test", str(demo / "generated"), 3, study, seed=0)
+    downstream = _downstream_folder(tmp_path / "downstream")
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", str(demo / "flow"), "--data", str(demo / "store"), "--out", str(out),
                  "--segmenter", str(evaluated / "segmenter"), "--max-test", "4", "--max-train", "8",
-                 "--fid-frames", "0", "--turing", str(study)]) == 0
+                 "--fid-frames", "0", "--turing", str(study), "--downstream", str(downstream)]) == 0
     page = (out / "report.html").read_text()
     assert "<h2>Turing test (raters)</h2>" in page
     assert "has no answers yet" in page
-    assert "Turing test (raters)" not in (evaluated / "report.html").read_text()
+    assert "<h2>Downstream: does pretraining on generated cines help?</h2>" in page
+    assert "Table 2: disease classification" in page and "MAE + ecg 100 %" in page
+    assert "<img alt='cm_auc' src='data:image/png;base64," in page
+    first = (evaluated / "report.html").read_text()
+    assert "Turing test (raters)" not in first and "Downstream:" not in first
+
+
+def test_a_folder_without_downstream_tables_exits_2_at_once(evaluated: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    demo = evaluated.parent
+    assert main(["evaluate", "--model", str(demo / "flow"), "--data", str(demo / "store"), "--out",
+                 str(tmp_path / "o"), "--downstream", str(tmp_path)]) == 2
+    assert "no tables.md here" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before any work

@@ -124,6 +124,21 @@ def test_documented_default_config_matches_the_dataclass() -> None:
     assert load_phantom_config(PRESET_DIR / "phantom" / "default.yaml") == PhantomConfig()
 
 
+def test_downstream_preset_has_ecg_only_subjects_for_the_largest_default_mix() -> None:
+    """`phantom --config downstream` (a preset name): at the documented 1,800 subjects the ECG-only share
+    covers the `tiny` downstream default's 300 % mix of the held-out `train` split, with room to spare."""
+    from ecgflowcmr.config import load_config
+    from ecgflowcmr.downstream.config import DownstreamConfig
+
+    cfg = load_phantom_config("downstream")
+    n, mix = 1800, max(load_config(DownstreamConfig, "downstream", "tiny").mix)
+    ecg_only = n * cfg.ecg_only_fraction
+    train = n * (1 - cfg.ecg_only_fraction) * cfg.split_fractions[0]
+    assert ecg_only > 1.3 * (mix * train * 1.05 + 2)
+    with pytest.raises(ConfigError, match="no preset"):
+        load_phantom_config("nonsense")
+
+
 def test_config_rejects_bad_input(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("ecg_only_fractoin: 0.2\n")

@@ -107,7 +107,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     path = evaluate(args.model, args.data, args.out, weights=args.weights, segmenter=args.segmenter,
                     seg_config=args.seg_config, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
                     max_test=args.max_test, max_train=args.max_train, fid_frames=args.fid_frames,
-                    turing=args.turing)
+                    turing=args.turing, downstream=args.downstream)
     print(f"wrote {path} (and metrics.csv, report.html beside it)")
 
 
@@ -145,7 +145,9 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument("--n", type=int, required=True, help="number of subjects")
     p.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
-    p.add_argument("--config", type=Path, default=None, help="YAML overriding the simulator's parameters")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML overriding the simulator's parameters, or a preset name: downstream (the "
+                   "cohort of the downstream tiny default)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     p.set_defaults(func=_cmd_phantom)
 
@@ -263,6 +265,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="frames per cine for the Inception FID (default 5; 0 skips it)")
     p.add_argument("--turing", type=Path, default=None, metavar="STUDY",
                    help="a Turing study folder (`ecgflowcmr turing create`): its scores join the report")
+    p.add_argument("--downstream", type=Path, default=None, metavar="DIR",
+                   help="a finished `ecgflowcmr downstream` output folder: its tables and plots join the report")
     p.set_defaults(func=_cmd_evaluate)
 
 

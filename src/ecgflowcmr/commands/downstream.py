@@ -5,6 +5,7 @@ Output folder::
     OUT/synthetic/<source>/files/<shard>/<subject_id>.nii.gz   generate's resumable, sharded output
     OUT/synthetic/<source>/pack/cines.npy, subjects.csv        the same cines read back with read_cine
     OUT/runs/fold<k>/<method>/pretrain/, <task>/               one training run each (resumable)
+    OUT/runs/shared/<method>/pretrain/                         instead, with a held-out pretraining split
     OUT/results.csv, results.json, tables.md, plots/*.png
 
 Sources: ``ecg`` (the bundle on each ECG-only subject's own ECG), the controls ``template`` (the same
@@ -17,7 +18,6 @@ generated as the largest mix needs (plus 5 % for ECGs that fail).
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from ecgflowcmr.config import load_config
 from ecgflowcmr.downstream import DownstreamConfig, SyntheticPool, run_downstream
 from ecgflowcmr.downstream.cohort import cohorts
 from ecgflowcmr.downstream.experiment import synthetic_needed
+from ecgflowcmr.downstream.plan import to_generate
 from ecgflowcmr.downstream.synthetic import pack_pool
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.io.manifest import read_manifest
@@ -107,4 +108,4 @@ def choose_ecg_only(manifest_path: Path, real_ids: set[str], need: int, seed: in
         raise InputError(manifest_path, f"{len(ids)} ECG-only subjects outside the real cohort; the largest "
                          f"mix needs {need}")
     order = np.random.default_rng([seed, 4]).permutation(len(ids))
-    return sorted(ids[j] for j in order[:min(len(ids), math.ceil(need * 1.05) + 2)])
+    return sorted(ids[j] for j in order[:min(len(ids), to_generate(need))])

@@ -24,9 +24,10 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
              segmenter: str | Path | None = None, seg_config: str = "default", seed: int = 0,
              steps: int | None = None, batch_size: int = 8, max_test: int | None = None,
              max_train: int | None = None, fid_frames: int = 5, examples: int = 4,
-             turing: str | Path | None = None) -> Path:
+             turing: str | Path | None = None, downstream: str | Path | None = None) -> Path:
     """Evaluate ``model`` on ``data`` into ``out`` (see the module docstring); returns ``out/metrics.json``.
-    ``turing``: a Turing study folder (``ecgflowcmr turing create``) whose scores join the report."""
+    ``turing``: a Turing study folder (``ecgflowcmr turing create``) whose scores join the report;
+    ``downstream``: a finished ``ecgflowcmr downstream`` folder whose tables and plots join it."""
     import numpy as np
     import torch.distributed as dist
 
@@ -41,6 +42,11 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
         raise InputError("--seg-config", f"unknown preset {seg_config!r} (choose from {', '.join(PRESETS)})")
     if weights is not None and not Path(weights).is_dir():
         raise InputError(weights, "--weights must be a folder")
+    downstream_section = None
+    if downstream is not None:  # read before the long work: a wrong folder fails at once
+        from ecgflowcmr.downstream.report import report_section as downstream_report_section
+
+        downstream_section = downstream_report_section(downstream)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
@@ -116,7 +122,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
 
         turing_markdown = report_section(turing) or f"The study {turing} has no answers yet."
     write_report(out, metrics, result, test.ecgs, test.subject_ids, n_examples=examples,
-                 turing_markdown=turing_markdown)
+                 turing_markdown=turing_markdown, downstream=downstream_section)
     return out / "metrics.json"
 
 

@@ -4,7 +4,8 @@
   one real cine and its manifest row (labels, phenotypes). A subject appears once.
 * **Folds** are drawn once over the whole real cohort, stratified by ``diagnosis`` when the column exists
   (seeded), so every task and every method sees the same test subjects in fold k. MAE pretraining for
-  fold k uses the real cines of the other folds only: a test subject's cine is never pretrained on.
+  fold k uses the real cines of the other folds only, or (``pretrain_split`` a split name) those of a
+  split held out of the cross-validation: either way a test subject's cine is never pretrained on.
 * **Tasks** (labels 0/1 as in the manifest):
   - ``cad``, ``cm``, ``hf``: every case (label 1) and as many controls (label 0, preferring
     ``diagnosis == normal`` when that column exists), drawn at random with the config's seed: a 1:1
@@ -87,8 +88,8 @@ def split_subjects(store: str, splits: list[str]) -> list[Subject]:
 
 def cohorts(store: str, folds: int, seed: int, pretrain_split: str) -> tuple[list[Subject], list[Subject]]:
     """(the cross-validated real cohort, the real subjects reserved for pretraining only: those of
-    ``pretrain_split``, none when it is "")."""
-    if not pretrain_split:
+    ``pretrain_split``, none when it is ``folds``)."""
+    if pretrain_split == "folds":
         return real_cohort(store, folds, seed), []
     reserved = split_subjects(store, [pretrain_split])
     if not reserved:

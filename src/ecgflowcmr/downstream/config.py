@@ -36,8 +36,9 @@ class DownstreamConfig:
     model: VideoViTConfig = field(default_factory=VideoViTConfig)
     """The cine ViT (and its MAE decoder); the same encoder for every method."""
     pretrain: TrainConfig = field(default_factory=_default_pretrain)
-    """MAE pretraining, once per (fold, method, mix). ``steps`` is fixed whatever the mix, so a larger mix
-    means more distinct cines, not more updates; ``epochs`` > 0 instead would scale updates with data."""
+    """MAE pretraining, once per method (per fold and method with ``pretrain_split: folds``). ``steps`` is
+    fixed whatever the mix, so a larger mix means more distinct cines, not more updates; ``epochs`` > 0
+    instead would scale updates with data."""
     finetune: TrainConfig = field(default_factory=_default_finetune)
     """Fine-tuning, once per (fold, method, mix, task); the paper: 100 epochs."""
     folds: int = 5
@@ -54,11 +55,12 @@ class DownstreamConfig:
     """Also fine-tune a randomly initialised ViT (the paper's "ViT" row)."""
     phenotypes: list[str] = field(default_factory=list)
     """Phenotype columns to regress; empty = every imaging phenotype column (``IMAGING_SUFFIXES``)."""
-    pretrain_split: str = ""
-    """"" (default): MAE for fold k on the real cines of the other folds, one pretraining per (fold,
-    method). A store split name (e.g. ``train``): MAE once per method on that split's real cines, and the
-    cross-validation runs over the other paired splits only (subjects never pretrained on): K times
-    fewer pretrainings, a smaller CV cohort."""
+    pretrain_split: str = "folds"
+    """Where the real MAE pretraining cines come from. ``folds`` (the paper's protocol): for fold k the
+    real cines of the other folds, one pretraining per (fold, method). A store split name (``train``, the
+    ``tiny`` default): that split's real cines, one pretraining per method shared by every fold, and the
+    cross-validation runs over the other paired splits only (subjects never pretrained on): K times fewer
+    pretrainings, a smaller CV cohort."""
     eval_batch_size: int = 8
     """Cines per batch when predicting test folds."""
     generate_steps: int = 0
@@ -75,7 +77,7 @@ class DownstreamConfig:
         unknown = [c for c in self.controls if c not in CONTROLS]
         if unknown:
             raise ConfigError("controls", f"unknown control(s) {unknown} (known: {', '.join(CONTROLS)})")
-        if self.pretrain_split not in ("", "train", "val", "test"):
-            raise ConfigError("pretrain_split", f"expected '', train, val or test, got {self.pretrain_split!r}")
+        if self.pretrain_split not in ("folds", "train", "val", "test"):
+            raise ConfigError("pretrain_split", f"expected folds, train, val or test, got {self.pretrain_split!r}")
         if self.eval_batch_size < 1 or self.generate_steps < 0:
             raise ConfigError("eval_batch_size", "eval_batch_size must be ≥ 1 and generate_steps ≥ 0")

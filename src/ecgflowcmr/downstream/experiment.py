@@ -3,7 +3,8 @@
 For each fold k (subject-level, :mod:`ecgflowcmr.downstream.cohort`) and each method:
 
 * ``scratch``: no pretraining;
-* ``real``: MAE on the real cines of the folds ≠ k;
+* ``real``: MAE on the real cines of the folds ≠ k (``pretrain_split: folds``), or on those of a split held
+  out of the cross-validation, one run shared by every fold (``pretrain_split: train``, the ``tiny`` default);
 * ``<source>@<mix>``: MAE on those real cines plus ``round(mix × n_real)`` synthetic cines of one source
   (``ecg``: generated from the ECG-only cohort's own ECGs; the controls ``template``, ``shuffled`` and
   ``ablation:NAME``). The synthetic subset is nested (the cines of mix 1 are in mix 2, …) and the same
@@ -39,6 +40,10 @@ from ecgflowcmr.training import distributed as dist
 from ecgflowcmr.training.stages.cine_vit import DONE_FILE, finetune_setup, fit_once, pretrain_setup, seed_init
 
 RESULT_FILE = "result.json"
+SETTINGS_FILE = "settings.json"
+BOOKKEEPING = ("num_workers", "log_every", "val_every", "val_batches", "ckpt_every", "keep_last", "max_nonfinite",
+               "tensorboard", "time_limit_s", "stop_at_step", "device", "find_unused_parameters")
+"""Training settings that do not change what a run learns: changing them keeps finished runs valid."""
 
 
 @dataclass
@@ -135,12 +140,16 @@ def run_experiment(cfg: DownstreamConfig, store: Path, pools: dict[str, Syntheti
             folder = out / "runs" / f"fold{fold}" / name
             pretrain_dir = (out / "runs" / "shared" / name if reserved else folder) / "pretrain"
             pretrained = None
+            n_synthetic = round(method.mix * len(train_real)) if method.source else 0
+            if method.name != "scratch":
+                claim_run(pretrain_dir, {**_training(cfg.pretrain, "pretrain"), **_flat(cfg.model, "model"),
+                                         "seed": cfg.seed, "real": len(train_real), "synthetic": n_synthetic})
             if method.name != "scratch" and not (pretrain_dir / DONE_FILE).exists():
                 items = list(train_real)
                 if method.source:
                     pool = pools[method.source]
                     position = {sid: j for j, sid in enumerate(pool.subject_ids)}
-                    chosen = [synthetic_ids[j] for j in order[:round(method.mix * len(train_real))]]
+                    chosen = [synthetic_ids[j] for j in order[:n_synthetic]]
                     items += [(pool.cines, position[sid]) for sid in chosen]
                 start = time.perf_counter()
                 seed_init(cfg.seed, 0 if reserved else fold, 0)  # the same initial weights for every method
@@ -166,11 +175,14 @@ def _check_finished(summary: dict[str, Any], run_dir: Path) -> None:
 def _finetune(cfg: DownstreamConfig, task: Task, t: int, subjects: list[Subject], arrays: dict[str, np.ndarray],
               fold: int, pretrained: Path | None, run_dir: Path) -> dict[str, Any]:
     """Fine-tune on the task's training folds, predict fold ``fold``; ``run_dir/result.json`` caches it."""
+    train = [j for j, i in enumerate(task.members) if subjects[i].fold != fold]
+    test = [j for j, i in enumerate(task.members) if subjects[i].fold == fold]
+    claim_run(run_dir, {**_training(cfg.finetune, "finetune"), **_flat(cfg.model, "model"), "seed": cfg.seed,
+                        "folds": cfg.folds, "pretrain_split": cfg.pretrain_split, "pretrained": pretrained.parent.name if pretrained else None,
+                        "columns": list(task.columns), "train": len(train), "test": len(test)})
     done = run_dir / RESULT_FILE
     if done.exists():
         return json.loads(done.read_text())
-    train = [j for j, i in enumerate(task.members) if subjects[i].fold != fold]
-    test = [j for j, i in enumerate(task.members) if subjects[i].fold == fold]
     items = [(arrays[subjects[i].split], subjects[i].index) for i in task.members]
     if task.kind == "classify":
         assert task.labels is not None
@@ -206,6 +218,33 @@ def _finetune(cfg: DownstreamConfig, task: Task, t: int, subjects: list[Subject]
         write_text_atomic(done, json.dumps(result, indent=2) + "\n")
     dist.barrier()
     return result
+
+
+def _flat(obj: Any, prefix: str) -> dict[str, Any]:
+    return {f"{prefix}.{k}": list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
+
+
+def _training(train: Any, prefix: str) -> dict[str, Any]:
+    return {k: v for k, v in _flat(train, prefix).items() if k.partition(".")[2] not in BOOKKEEPING}
+
+
+def claim_run(run_dir: Path, settings: dict[str, Any]) -> None:
+    """Record what a run folder is trained with (``settings.json``), or check that a folder from an earlier
+    call was trained with the same: rerunning into an output folder with other sizes must not reuse runs
+    that answer another question. Raises InputError naming the settings that changed."""
+    path = Path(run_dir) / SETTINGS_FILE
+    settings = json.loads(json.dumps(settings, default=str))
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if changed:
+            shown = ", ".join(f"{k} {old.get(k)} → {settings.get(k)}" for k in changed[:3])
+            raise InputError(run_dir, f"was trained with other settings ({shown}{', …' if len(changed) > 3 else ''}): "
+                             "use another --out, or delete this folder to train it again")
+    elif dist.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(settings, indent=1, sort_keys=True) + "\n")
+    dist.barrier()
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """The experiment's outputs: ``results.csv`` (one row per fold and metric), ``results.json`` (summaries,
 paired differences, cohort, config), ``tables.md`` (the paper's Tables 2–4 with the controls beside) and
-``plots/<task>_<metric>.png`` (metric against mix ratio, every fold drawn)."""
+``plots/<task>_<metric>.png`` (metric against mix ratio, every fold drawn); :func:`report_section` gives
+them to ``evaluate --downstream DIR``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 from ecgflowcmr.atomic import atomic_file, write_text_atomic
 from ecgflowcmr.downstream.config import PAPER_PHENOTYPES
 from ecgflowcmr.downstream.metrics import mean_sd, paired_difference
+from ecgflowcmr.errors import InputError
 
 COLUMNS = ("task", "method", "source", "mix", "fold", "metric", "value", "n_train", "n_test")
 LOWER_IS_BETTER = ("mae:",)
@@ -165,6 +167,7 @@ def tables_markdown(result: dict[str, Any]) -> str:
         lines += ["", f"mean R² over {len(columns)} phenotypes: {', '.join(columns)}.", ""]
     classification("Table 4: cardiomyopathy vs control and HCM/DCM/RCM/normal", ["cm", "four_class"])
     lines += verdicts(result)
+    lines += sensitivity(result)
     for source, reason in result.get("unavailable", {}).items():
         lines.append(f"- control {source} unavailable: {reason}")
     return "\n".join(lines) + "\n"
@@ -190,6 +193,46 @@ def verdicts(result: dict[str, Any]) -> list[str]:
         out.append(f"- {d['task']} ({headline}): {_label(d['method'])} is {word} {_label(d['against'])} "
                    f"(Δ {d['diff']:+.3f}, 95 % CI [{d['low']:+.3f}, {d['high']:+.3f}], {d['folds']} folds).")
     return [*out, ""] if len(out) > 2 else []
+
+
+def sensitivity(result: dict[str, Any]) -> list[str]:
+    """Per task's headline metric: the spread of the paired differences over folds and what it lets these
+    folds see: the 95 % interval's half-width (the smallest difference that can be declared at all) and
+    the difference declared with 80 % power (``paired_difference``'s ``detectable``); medians over every
+    comparison in the tables, with their range."""
+    rows = []
+    for task in sorted({d["task"] for d in result["paired_differences"]}):
+        headline = "mean_r2" if task == "phenotypes" else "auc"
+        ds = [d for d in result["paired_differences"] if d["task"] == task and d["metric"] == headline
+              and not math.isnan(d.get("sd", math.nan))]
+        if not ds:
+            continue
+        sds = sorted(d["sd"] for d in ds)
+        halves = sorted((d["high"] - d["low"]) / 2 for d in ds)
+        found = sorted(d["detectable"] for d in ds)
+        med = len(ds) // 2
+        rows.append(f"| {task} ({headline}) | {len(ds)} | {sds[med]:.3f} ({sds[0]:.3f}–{sds[-1]:.3f}) | "
+                    f"±{halves[med]:.3f} | {found[med]:.3f} ({found[0]:.3f}–{found[-1]:.3f}) |")
+    if not rows:
+        return []
+    return ["## How small a difference these folds can see", "",
+            "From the spread over folds of the paired differences above (median over the comparisons, range "
+            "in brackets): a 95 % interval's half-width is the smallest difference that can be declared at "
+            "all; the last column is the true difference declared with 80 % power, (t₀.₉₇₅ + t₀.₈₀) · sd / "
+            "√folds. A smaller effect than that is likely to read \"not distinguishable\".", "",
+            "| task (metric) | comparisons | sd of Δ over folds | 95 % half-width | detectable (80 % power) |",
+            "|---|---|---|---|---|", *rows, ""]
+
+
+def report_section(folder: str | Path) -> tuple[str, list[tuple[str, bytes]]]:
+    """A finished ``downstream`` output folder as a section of the evaluation report: its ``tables.md``
+    and its plots (name, PNG bytes). Raises InputError when the folder has no ``tables.md``."""
+    folder = Path(folder)
+    tables = folder / "tables.md"
+    if not tables.is_file():
+        raise InputError(folder, "no tables.md here: not a finished `ecgflowcmr downstream` output folder")
+    plots = sorted((folder / "plots").glob("*.png"))
+    return tables.read_text(), [(p.stem, p.read_bytes()) for p in plots]
 
 
 # --------------------------------------------------------------------------------------------------

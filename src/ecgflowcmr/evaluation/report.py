@@ -227,10 +227,13 @@ def segmenter_warning(instrument: dict[str, Any]) -> str:
 
 
 def write_report(out: str | Path, metrics: dict[str, Any], result: Any, ecgs: np.ndarray, subjects: list[str],
-                 n_examples: int = 4, turing_markdown: str | None = None) -> Path:
+                 n_examples: int = 4, turing_markdown: str | None = None,
+                 downstream: tuple[str, list[tuple[str, bytes]]] | None = None) -> Path:
     """``out/report.html`` and ``out/metrics.csv`` from the evaluation's metrics tree and an
     ``InstrumentResult`` (its test cines, curves and measures); ``ecgs`` (N, 12, 5000) of the test subjects;
-    ``turing_markdown``: a scored Turing study's section (``turing.report_section``), shown as written."""
+    ``turing_markdown``: a scored Turing study's section (``turing.report_section``), shown as written;
+    ``downstream``: a downstream experiment's tables (Markdown) and plots (name, PNG bytes), as
+    ``downstream.report.report_section`` reads them from its output folder."""
     out = Path(out)
     write_metrics_csv(out / "metrics.csv", metrics)
     instrument = metrics["instrument"]
@@ -275,7 +278,7 @@ of {html.escape(subjects[0])}, for viewers without video.</figcaption></figure>
 <h2>LV area over the cycle</h2><img alt="area curves" src="{area_curves_png(result.curves, subjects, k)}">
 <h2>Generated vs real measures</h2><img alt="scatter" src="{scatter_png(result.measures, measures)}">
 <h2>Ablations</h2><p class="note">No sweep in this run (ablation sweeps are not part of this version).</p>
-{_turing_html(turing_markdown)}</body></html>"""
+{_turing_html(turing_markdown)}{_downstream_html(downstream)}</body></html>"""
     report = out / "report.html"
     write_text_atomic(report, page)
     return report
@@ -286,3 +289,16 @@ def _turing_html(markdown: str | None) -> str:
     if markdown is None:
         return ""
     return f"<h2>Turing test (raters)</h2><pre class='turing'>{html.escape(markdown)}</pre>\n"
+
+
+def _downstream_html(section: tuple[str, list[tuple[str, bytes]]] | None) -> str:
+    """The downstream experiment's tables (Markdown, preformatted) and its metric-against-mix plots inline;
+    empty without one."""
+    if section is None:
+        return ""
+    markdown, plots = section
+    figures = "".join(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,"
+                      f"{base64.b64encode(png).decode()}'><figcaption>{html.escape(name)}</figcaption></figure>"
+                      for name, png in plots)
+    return (f"<h2>Downstream: does pretraining on generated cines help?</h2>"
+            f"<pre class='downstream' style='white-space:pre-wrap'>{html.escape(markdown)}</pre>\n{figures}\n")

@@ -97,9 +97,10 @@ class PhantomConfig:
 
 
 def load_phantom_config(path: str | Path | None = None) -> PhantomConfig:
-    """Defaults, overridden by the YAML mapping in ``path`` (unknown keys raise ConfigError)."""
-    from ecgflowcmr.config import from_dict, read_yaml
+    """Defaults, overridden by the YAML mapping in ``path`` or a preset name of ``configs/phantom/`` (e.g.
+    ``downstream``); unknown keys raise ConfigError."""
+    from ecgflowcmr.config import from_dict, preset_path, read_yaml
 
     if path is None:
         return PhantomConfig()
-    return from_dict(PhantomConfig, read_yaml(path))
+    return from_dict(PhantomConfig, read_yaml(preset_path("phantom", path)))
