@@ -49,14 +49,18 @@ def run_sweep(spec: Path, upstream: dict[str, Path], out: Path) -> int:
 
 def test_sweep_table_charts_and_resume(upstream: dict[str, Path], tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "sweep.yaml", upstream,
-                      [{"name": "base"}, {"name": "alpha", "grid": {"model.alpha": [0.5]}}])
+                      [{"name": "base"}, {"name": "alpha", "grid": {"model.alpha": [0.5]}},
+                       {"name": "heun2", "from": "base", "sample": {"steps": 2, "method": "heun"}}])
     out = tmp_path / "sweep"
     assert run_sweep(spec, upstream, out) == 0
     with open(out / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted((r["variant"], r["seed"]) for r in rows) == [("alpha[alpha=0.5]", "0"), ("alpha[alpha=0.5]", "1"),
-                                                               ("base", "0"), ("base", "1")]
+                                                               ("base", "0"), ("base", "1"),
+                                                               ("heun2", "0"), ("heun2", "1")]
     assert {r["alpha"] for r in rows} == {"0.5", "1.0"}
+    assert {(r["steps"], r["method"]) for r in rows if r["variant"] == "heun2"} == {("2", "heun")}
+    assert {(r["steps"], r["method"]) for r in rows if r["variant"] == "base"} == {("1", "euler")}
     assert all(float(r["psnr_db"]) > 0 and float(r["fid_cmr"]) >= 0 for r in rows)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["summary"]["base"]["psnr_db"]["n"] == 2 and metrics["summary"]["base"]["psnr_db"]["std"] is not None
@@ -66,7 +70,7 @@ def test_sweep_table_charts_and_resume(upstream: dict[str, Path], tmp_path: Path
     assert "<table id='sweep-summary'>" in page and "<table id='sweep-rows'>" in page
     # the latents were encoded once, into the shared cache every run links to
     runs = sorted((out / "runs").iterdir())
-    assert len(runs) == 4 and all((r / "cache").is_symlink() for r in runs)
+    assert len(runs) == 4 and all((r / "cache").is_symlink() for r in runs)  # the sampling variant trained nothing
     assert {(r / "cache").resolve() for r in runs} == {(out / "cache" / "pamae").resolve()}
     # each seed trained its own flow
     weights = {(r / "model.safetensors").read_bytes() for r in runs}
@@ -121,3 +125,33 @@ def test_uniform_tokens_variant_reuses_the_pamae_weights(upstream: dict[str, Pat
     with torch.no_grad():
         assert (uniform.encode_aligned(ecg).source == 2).all()  # every item: the whole record resampled
     assert pamae_run(spec, spec.variants[0].pamae_sets, tmp_path / "out") == folder  # written once
+
+
+def test_charts_show_alpha_and_steps_with_seed_spread(tmp_path: Path) -> None:
+    """The report draws metric vs α and metric vs steps (Euler and Heun) from the rows; the summary's spread
+    is the standard deviation over seeds."""
+    from ecgflowcmr.evaluation.sweep_report import COLUMNS, write_sweep
+
+    rows = []
+    for seed in (0, 1):
+        base = {c: None for c in COLUMNS} | {"kind": "train", "of": "", "seed": seed, "use_template": True,
+                                             "cond_dropout": 0.1, "align_cut": "rpeak", "guidance": None,
+                                             "train_steps": 2, "train_s": 1.0, "only_alpha": True}
+        for alpha in (0.5, 1.0):
+            rows.append(base | {"variant": f"a{alpha}", "alpha": alpha, "steps": 4, "method": "euler",
+                                "psnr_db": 20 + alpha + seed, "fid_cmr": 1.0})
+        for method in ("euler", "heun"):
+            for steps in (1, 2, 4):
+                rows.append(base | {"variant": f"{method}{steps}", "kind": "sample", "of": "a1.0", "alpha": 1.0,
+                                    "steps": steps, "method": method, "psnr_db": 20 + steps, "fid_cmr": 1.0 / steps})
+    write_sweep(tmp_path, rows, {"spec": "s.yaml", "seeds": [0, 1]}, seconds=1.0)
+    page = (tmp_path / "report.html").read_text()
+    assert "<img alt='metric vs alpha'" in page and "<img alt='metric vs steps'" in page
+    summary = json.loads((tmp_path / "metrics.json").read_text())["summary"]
+    assert summary["a0.5"]["psnr_db"] == {"mean": 21.0, "std": pytest.approx(0.5**0.5), "min": 20.5, "max": 21.5,
+                                          "n": 2}
+    assert summary["heun2"]["lpips"] is None
+    write_sweep(tmp_path, [r for r in rows if r["kind"] == "train" and r["alpha"] == 1.0],
+                {"spec": "s.yaml", "seeds": [0, 1]}, seconds=1.0)
+    page = (tmp_path / "report.html").read_text()
+    assert "metric vs alpha" not in page and "metric vs steps" not in page  # one α, no sampling rows: no chart

@@ -262,6 +262,11 @@ def pamae_config(pamae: Path, sets: list[str]) -> dict[str, Any]:
     return to_dict(from_dict(PAMAEConfig, merge(model, update.get("model", {})), prefix="model."))
 
 
+def pamae_key(sets: list[str]) -> str:
+    """The folder name of a PA-MAE variant under ``OUT/pamae/`` and ``OUT/cache/`` (``pamae``: the spec's own)."""
+    return slug(",".join(s.removeprefix("model.") for s in sets)) if sets else "pamae"
+
+
 def pamae_run(spec: Spec, sets: list[str], out: Path) -> Path:
     """The PA-MAE run a variant uses: the spec's own, or ``OUT/pamae/<overrides>/`` holding a copy of its
     weights with the alignment overrides in ``config.json`` (written once; a copy, so that the latent cache,
@@ -270,7 +275,7 @@ def pamae_run(spec: Spec, sets: list[str], out: Path) -> Path:
 
     if not sets:
         return spec.pamae
-    folder = out / "pamae" / slug(",".join(s.removeprefix("model.") for s in sets))
+    folder = out / "pamae" / pamae_key(sets)
     config = pamae_config(spec.pamae, sets)
     if (folder / WEIGHTS_FILE).exists() and json.loads((folder / CONFIG_FILE).read_text()) == config:
         return folder
@@ -341,7 +346,6 @@ def _on_rank0_then_all(fn: Any) -> Any:
 def _train(spec: Spec, variant: Variant, seed: int, data: str | Path, run: Path, pamae: Path, out: Path) -> None:
     """Train one (variant, seed) into ``run`` with ``training.tasks.train`` unless it finished before; the
     run's latent cache links to the sweep's shared one for this PA-MAE."""
-    from ecgflowcmr.commands.evaluate import join_process_group
     from ecgflowcmr.config import dump_yaml, load_config
     from ecgflowcmr.training.stages import flow as flow_stage
     from ecgflowcmr.training.tasks import train
@@ -354,14 +358,13 @@ def _train(spec: Spec, variant: Variant, seed: int, data: str | Path, run: Path,
     if (run / "metrics.json").exists():  # written last by train(): a finished run
         return
     ensure_dir(run, "run folder")
-    cache = out / "cache" / (slug(",".join(variant.pamae_sets)) if variant.pamae_sets else "pamae")
+    cache = out / "cache" / pamae_key(variant.pamae_sets)
     cache.mkdir(parents=True, exist_ok=True)
     if not (run / "cache").exists():
         with contextlib.suppress(FileExistsError):  # another rank linked it
             (run / "cache").symlink_to(cache.resolve(), target_is_directory=True)
     resume = "latest" if (run / "checkpoints").exists() else None
     train("flow", data=Path(data), out=run, config=spec.preset, sets=sets, resume=resume, pamae=pamae, vae=spec.vae)
-    join_process_group()  # train() leaves the process group it joined; the evaluation shards through it again
 
 
 def _evaluate(spec: Spec, variant: Variant, seed: int, run: Path, data: str | Path, out: Path, seg: Any,
