@@ -155,3 +155,18 @@ def test_charts_show_alpha_and_steps_with_seed_spread(tmp_path: Path) -> None:
                 {"spec": "s.yaml", "seeds": [0, 1]}, seconds=1.0)
     page = (tmp_path / "report.html").read_text()
     assert "metric vs alpha" not in page and "metric vs steps" not in page  # one α, no sampling rows: no chart
+
+
+def test_the_documented_fig2_spec_is_valid(upstream: dict[str, Path], tmp_path: Path) -> None:
+    """docs/sweep-fig2.yaml (pointed at this module's runs) parses into the paper's Fig. 2a–b variants."""
+    from ecgflowcmr.commands.sweep import read_spec
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "docs" / "sweep-fig2.yaml").read_text())
+    raw |= {"pamae": str(upstream["pamae"]), "vae": str(upstream["vae"])}
+    (tmp_path / "fig2.yaml").write_text(yaml.safe_dump(raw))
+    spec = read_spec(tmp_path / "fig2.yaml")
+    assert [v.name for v in spec.training()] == ["base", "alpha[alpha=0.25]", "alpha[alpha=0.5]", "alpha[alpha=1.5]",
+                                                  "no_template", "uniform_tokens", "no_cfg_training"]
+    assert len(spec.sampling()) == 12 and spec.seeds == [0, 1]
+    assert {(v.sampling["steps"], v.sampling["method"]) for v in spec.sampling() if "steps" in v.sampling} == {
+        (s, m) for s in (1, 2, 4, 8, 16) for m in ("euler", "heun")}
