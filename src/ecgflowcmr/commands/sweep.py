@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import re
 import shutil
 import time
@@ -362,7 +363,7 @@ def _train(spec: Spec, variant: Variant, seed: int, data: str | Path, run: Path,
     cache.mkdir(parents=True, exist_ok=True)
     if not (run / "cache").exists():
         with contextlib.suppress(FileExistsError):  # another rank linked it
-            (run / "cache").symlink_to(cache.resolve(), target_is_directory=True)
+            (run / "cache").symlink_to(os.path.relpath(cache, run), target_is_directory=True)  # OUT may move
     resume = "latest" if (run / "checkpoints").exists() else None
     train("flow", data=Path(data), out=run, config=spec.preset, sets=sets, resume=resume, pamae=pamae, vae=spec.vae)
 

@@ -125,6 +125,14 @@ def _series(ax: Any, rows: list[dict[str, Any]], x_key: str, column: str, label:
     return True
 
 
+def _unavailable(ax: Any) -> None:
+    """Say so in a panel whose metric no row has (e.g. diagnosis with one class, LPIPS without weights)."""
+    if not ax.has_data():
+        ax.text(0.5, 0.5, "not available", ha="center", va="center", color="0.5", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
 def _legend(axes: Any) -> None:
     """One legend, on the first panel that drew something (a metric may be unavailable for every row)."""
     for ax in axes:
@@ -144,6 +152,7 @@ def alpha_chart(rows: list[dict[str, Any]]) -> str | None:
         _series(ax, chosen, "alpha", column, "mean ± sd over seeds", "C0")
         ax.set_title(column, fontsize=9)
         ax.set_xlabel("α (noise scale around the template)", fontsize=8)
+        _unavailable(ax)
     _legend(axes[0])
     fig.tight_layout()
     return png_uri(fig)
@@ -169,13 +178,15 @@ def steps_chart(rows: list[dict[str, Any]]) -> str | None:
         ax.set_xscale("log", base=2)
         ax.set_title(column, fontsize=9)
         ax.set_xlabel("sampler steps", fontsize=8)
+        _unavailable(ax)
     _legend(axes[0])
     fig.tight_layout()
     return png_uri(fig)
 
 
 def variants_chart(rows: list[dict[str, Any]]) -> str:
-    """Every variant side by side: seeds as points, mean ± sd as a bar with an error bar (the ablations)."""
+    """Every variant side by side: seeds as points, the mean ± sd as a diamond with an error bar (the ablations;
+    no bars from zero, so that differences far smaller than the values stay visible)."""
     names = list(dict.fromkeys(r["variant"] for r in rows))
     plt = pyplot()
     fig, axes = plt.subplots(1, len(CHARTED), figsize=(3.0 * len(CHARTED), 1.2 + 0.28 * len(names) + 1.5),
@@ -185,13 +196,14 @@ def variants_chart(rows: list[dict[str, Any]]) -> str:
             values = [r[column] for r in rows if r["variant"] == name and r[column] is not None]
             if not values:
                 continue
-            ax.barh(i, np.mean(values), xerr=np.std(values, ddof=1) if len(values) > 1 else 0, color="C0",
-                    alpha=0.35, capsize=3)
-            ax.scatter(values, [i] * len(values), s=10, color="C0")
+            ax.errorbar(np.mean(values), i, xerr=np.std(values, ddof=1) if len(values) > 1 else 0, color="C0",
+                        marker="D", ms=4, capsize=3)
+            ax.scatter(values, [i] * len(values), s=10, alpha=0.45, color="C0")
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels(names if column == CHARTED[0] else [""] * len(names), fontsize=7)
         ax.invert_yaxis()
         ax.set_title(column, fontsize=9)
+        _unavailable(ax)
     fig.tight_layout()
     return png_uri(fig)
 
