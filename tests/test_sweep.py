@@ -47,6 +47,7 @@ def run_sweep(spec: Path, upstream: dict[str, Path], out: Path) -> int:
                  "--batch-size", "4"])
 
 
+@pytest.mark.slow
 def test_sweep_table_charts_and_resume(upstream: dict[str, Path], tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "sweep.yaml", upstream,
                       [{"name": "base"}, {"name": "alpha", "grid": {"model.alpha": [0.5]}},
@@ -155,6 +156,9 @@ def test_charts_show_alpha_and_steps_with_seed_spread(tmp_path: Path) -> None:
                 {"spec": "s.yaml", "seeds": [0, 1]}, seconds=1.0)
     page = (tmp_path / "report.html").read_text()
     assert "metric vs alpha" not in page and "metric vs steps" not in page  # one α, no sampling rows: no chart
+    assert "One seed only" not in page
+    write_sweep(tmp_path, rows[:2], {"spec": "s.yaml", "seeds": [0]}, seconds=1.0)
+    assert "One seed only for a0.5, a1.0" in (tmp_path / "report.html").read_text()
 
 
 def test_the_documented_fig2_spec_is_valid(upstream: dict[str, Path], tmp_path: Path) -> None:

@@ -272,6 +272,10 @@ def write_sweep(out: str | Path, rows: list[dict[str, Any]], spec: dict[str, Any
                       f"Sampling variants (no retraining): one line per trained variant, integrator and guidance; "
                       f"Heun takes two network passes per step.</p>")
     seeds = ", ".join(str(s) for s in spec.get("seeds", []))
+    single = [v for v, e in summary.items() if len(e["seeds"]) < 2]
+    warning = (f"<p class='warning' style='color:#b00;font-weight:bold'>One seed only for {html.escape(', '.join(single))}: "
+               f"no spread, so a difference between variants cannot be told from noise (give ≥ 2 seeds).</p>"
+               if single else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ecgflowcmr sweep</title>
 <style>{STYLE}</style></head><body>
 <h1>Sweep {html.escape(str(spec.get('spec', '')))}</h1>
@@ -281,7 +285,7 @@ def write_sweep(out: str | Path, rows: list[dict[str, Any]], spec: dict[str, Any
 {html.escape(str(spec.get('vae', '')))}. Each training seed trains its own flow; each row's cines use that seed's
 noise. A difference between variants smaller than their spread over seeds is not told from noise.
 {seconds:.0f} s for this invocation (finished runs and evaluations are reused).</p>
-<h2>Mean ± standard deviation over seeds</h2>{summary_html(summary, rows)}
+{warning}<h2>Mean ± standard deviation over seeds</h2>{summary_html(summary, rows)}
 <h2>Every variant</h2><img alt='variants' src='{variants_chart(rows)}'>
 {''.join(charts)}
 <h2>Rows (variant × seed)</h2>{rows_html(rows)}
