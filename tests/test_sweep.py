@@ -20,16 +20,17 @@ QUICK = ["train.steps=2", "train.batch_size=2", "train.warmup_steps=1", "train.v
 
 @pytest.fixture(scope="module")
 def upstream(phantom_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """PA-MAE and VAE runs (tiny, narrowed, 2 steps) and a 3-step segmenter on the phantom store."""
+    """PA-MAE and VAE runs (tiny, the VAE narrowed, 2 steps) and a 3-step 2-level segmenter on the phantom store:
+    every network as small as runs end to end (the evaluation's cost is the VAE decode and the segmenter)."""
     from ecgflowcmr.evaluation.segmentation import SegConfig, train_segmenter
     from ecgflowcmr.training.tasks import train
 
     root = tmp_path_factory.mktemp("sweep_upstream")
     pamae = train("pamae", phantom_store, root / "pamae", "tiny", sets=[*QUICK, "eval.max_items=2"])
     vae = train("vae", phantom_store, root / "vae", "tiny",
-                sets=[*QUICK, "model.channels=[4,4,8,8]", "model.norm_groups=4", "train.batch_size=1",
+                sets=[*QUICK, "model.channels=[2,2,4,4]", "model.norm_groups=2", "train.batch_size=1",
                       "eval.max_items=1"])
-    train_segmenter(phantom_store, root / "seg", SegConfig(widths=(4, 8), steps=3, batch_size=4, val_items=1))
+    train_segmenter(phantom_store, root / "seg", SegConfig(widths=(2, 4), steps=3, batch_size=4, val_items=1))
     return {"pamae": pamae, "vae": vae, "seg": root / "seg", "store": phantom_store}
 
 
@@ -47,21 +48,24 @@ def run_sweep(spec: Path, upstream: dict[str, Path], out: Path) -> int:
                  "--batch-size", "4"])
 
 
+@pytest.fixture(scope="module")
+def swept(upstream: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sweep of 2 training variants (base, α = 0.5) × 2 seeds."""
+    root = tmp_path_factory.mktemp("sweep")
+    spec = write_spec(root / "sweep.yaml", upstream, [{"name": "base"}, {"name": "alpha", "grid": {"model.alpha": [0.5]}}])
+    assert run_sweep(spec, upstream, root / "out") == 0
+    return root
+
+
 @pytest.mark.slow
-def test_sweep_table_charts_and_resume(upstream: dict[str, Path], tmp_path: Path) -> None:
-    spec = write_spec(tmp_path / "sweep.yaml", upstream,
-                      [{"name": "base"}, {"name": "alpha", "grid": {"model.alpha": [0.5]}},
-                       {"name": "heun2", "from": "base", "sample": {"steps": 2, "method": "heun"}}])
-    out = tmp_path / "sweep"
-    assert run_sweep(spec, upstream, out) == 0
+def test_sweep_table_charts_and_resume(upstream: dict[str, Path], swept: Path) -> None:
+    out = swept / "out"
     with open(out / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted((r["variant"], r["seed"]) for r in rows) == [("alpha[alpha=0.5]", "0"), ("alpha[alpha=0.5]", "1"),
-                                                               ("base", "0"), ("base", "1"),
-                                                               ("heun2", "0"), ("heun2", "1")]
+                                                               ("base", "0"), ("base", "1")]
     assert {r["alpha"] for r in rows} == {"0.5", "1.0"}
-    assert {(r["steps"], r["method"]) for r in rows if r["variant"] == "heun2"} == {("2", "heun")}
-    assert {(r["steps"], r["method"]) for r in rows if r["variant"] == "base"} == {("1", "euler")}
+    assert {(r["steps"], r["method"]) for r in rows} == {("1", "euler")}
     assert all(float(r["psnr_db"]) > 0 and float(r["fid_cmr"]) >= 0 for r in rows)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["summary"]["base"]["psnr_db"]["n"] == 2 and metrics["summary"]["base"]["psnr_db"]["std"] is not None
@@ -71,7 +75,7 @@ def test_sweep_table_charts_and_resume(upstream: dict[str, Path], tmp_path: Path
     assert "<table id='sweep-summary'>" in page and "<table id='sweep-rows'>" in page
     # the latents were encoded once, into the shared cache every run links to
     runs = sorted((out / "runs").iterdir())
-    assert len(runs) == 4 and all((r / "cache").is_symlink() for r in runs)  # the sampling variant trained nothing
+    assert len(runs) == 4 and all((r / "cache").is_symlink() for r in runs)
     assert {(r / "cache").resolve() for r in runs} == {(out / "cache" / "pamae").resolve()}
     # each seed trained its own flow
     weights = {(r / "model.safetensors").read_bytes() for r in runs}
@@ -80,9 +84,33 @@ def test_sweep_table_charts_and_resume(upstream: dict[str, Path], tmp_path: Path
     # rerun: nothing is trained or evaluated again
     stamps = {p: p.stat().st_mtime_ns for p in [*out.glob("runs/*/metrics.json"), *out.glob("variants/*/metrics.json")]}
     start = time.perf_counter()
-    assert run_sweep(spec, upstream, out) == 0
+    assert run_sweep(swept / "sweep.yaml", upstream, out) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert time.perf_counter() - start < 30
+
+
+def test_a_sampling_variant_samples_the_trained_flow_with_its_settings(upstream: dict[str, Path], swept: Path) -> None:
+    """`from: base, sample: {steps: 2, method: heun}` generates exactly what base's bundle generates when asked
+    for 2 Heun steps, and differs from base's own default (1 Euler step)."""
+    import numpy as np
+    import torch
+
+    from ecgflowcmr.commands.sweep import Variant, variant_pipeline
+    from ecgflowcmr.pipeline import load_pipeline
+    from ecgflowcmr.store.prepared import StoreDataset
+
+    run = swept / "out" / "runs" / "base-s0"
+    pipe = variant_pipeline(run, Variant("heun2", parent="base", sampling={"steps": 2, "method": "heun"}))
+    assert pipe.sampling == {"steps": 2, "method": "heun", "guidance": None}
+    plain = load_pipeline(run)
+    ecg = torch.from_numpy(np.asarray(StoreDataset(upstream["store"], "test", fields=("ecg",)).array("ecg")[:1],
+                                      dtype=np.float32))
+    mine, valid = pipe.generate_batch(ecg, seed=3)
+    asked, _ = plain.generate_batch(ecg, steps=2, method="heun", seed=3)
+    default, _ = plain.generate_batch(ecg, seed=3)
+    assert valid.all()
+    np.testing.assert_array_equal(mine, asked)
+    assert not np.array_equal(mine, default)
 
 
 def test_bad_specs_exit_2(upstream: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

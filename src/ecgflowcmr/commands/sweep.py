@@ -368,6 +368,17 @@ def _train(spec: Spec, variant: Variant, seed: int, data: str | Path, run: Path,
     train("flow", data=Path(data), out=run, config=spec.preset, sets=sets, resume=resume, pamae=pamae, vae=spec.vae)
 
 
+def variant_pipeline(run: Path, variant: Variant) -> Any:
+    """The bundle of ``run`` loaded with the variant's sampler settings as its defaults (checked; the trained
+    flow's own for the settings the variant leaves out)."""
+    from ecgflowcmr.pipeline import load_pipeline
+
+    pipe = load_pipeline(run)
+    pipe.sampling = pipe.sampling_settings(variant.sampling.get("steps"), variant.sampling.get("guidance"),
+                                           variant.sampling.get("method"))
+    return pipe
+
+
 def _evaluate(spec: Spec, variant: Variant, seed: int, run: Path, data: str | Path, out: Path, seg: Any,
               scorers: Any, options: dict[str, Any], shared: dict[Any, Any]) -> dict[str, Any]:
     """Evaluate the flow of ``run`` (with the variant's sampler settings) unless an evaluation with the same
@@ -376,13 +387,10 @@ def _evaluate(spec: Spec, variant: Variant, seed: int, run: Path, data: str | Pa
 
     from ecgflowcmr.commands.evaluate import measure_model
     from ecgflowcmr.evaluation.sweep_report import row_from_metrics
-    from ecgflowcmr.pipeline import load_pipeline
 
     folder = out / "variants" / f"{variant.slug}-s{seed}"
-    pipe = load_pipeline(run)
-    settings = pipe.sampling_settings(variant.sampling.get("steps"), variant.sampling.get("guidance"),
-                                      variant.sampling.get("method"))
-    pipe.sampling.update(settings)
+    pipe = variant_pipeline(run, variant)
+    settings = pipe.sampling
     trained = variant if variant.parent is None else next(v for v in spec.training() if v.name == variant.parent)
     identity = {"variant": variant.name, "kind": "train" if variant.parent is None else "sample",
                 "of": trained.name, "seed": seed, "run": str(run), "shared_sets": spec.sets, "sets": trained.sets,
