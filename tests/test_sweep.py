@@ -66,6 +66,7 @@ def test_sweep_table_charts_and_resume(upstream: dict[str, Path], swept: Path) -
                                                                ("base", "0"), ("base", "1")]
     assert {r["alpha"] for r in rows} == {"0.5", "1.0"}
     assert {(r["steps"], r["method"]) for r in rows} == {("1", "euler")}
+    assert {r["overrides"] for r in rows} == {"", "model.alpha=0.5"}
     assert all(float(r["psnr_db"]) > 0 and float(r["fid_cmr"]) >= 0 for r in rows)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["summary"]["base"]["psnr_db"]["n"] == 2 and metrics["summary"]["base"]["psnr_db"]["std"] is not None
@@ -163,7 +164,8 @@ def test_charts_show_alpha_and_steps_with_seed_spread(tmp_path: Path) -> None:
 
     rows = []
     for seed in (0, 1):
-        base = {c: None for c in COLUMNS} | {"kind": "train", "of": "", "seed": seed, "use_template": True,
+        base = {c: None for c in COLUMNS} | {"kind": "train", "of": "", "overrides": "", "prior": "template",
+                                             "seed": seed, "use_template": True,
                                              "cond_dropout": 0.1, "align_cut": "rpeak", "guidance": None,
                                              "train_steps": 2, "train_s": 1.0, "only_alpha": True}
         for alpha in (0.5, 1.0):
@@ -197,8 +199,9 @@ def test_the_documented_fig2_spec_is_valid(upstream: dict[str, Path], tmp_path: 
     raw |= {"pamae": str(upstream["pamae"]), "vae": str(upstream["vae"])}
     (tmp_path / "fig2.yaml").write_text(yaml.safe_dump(raw))
     spec = read_spec(tmp_path / "fig2.yaml")
-    assert [v.name for v in spec.training()] == ["base", "alpha[alpha=0.25]", "alpha[alpha=0.5]", "alpha[alpha=1.5]",
-                                                  "no_template", "uniform_tokens", "no_cfg_training"]
+    assert [v.name for v in spec.training()] == ["base", "paper_start", "alpha[alpha=0.25]", "alpha[alpha=1.0]",
+                                                  "alpha[alpha=1.5]", "no_template", "uniform_tokens",
+                                                  "no_cfg_training"]
     assert len(spec.sampling()) == 12 and spec.seeds == [0, 1]
     assert {(v.sampling["steps"], v.sampling["method"]) for v in spec.sampling() if "steps" in v.sampling} == {
         (s, m) for s in (1, 2, 4, 8, 16) for m in ("euler", "heun")}

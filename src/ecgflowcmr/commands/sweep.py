@@ -413,14 +413,15 @@ def _evaluate(spec: Spec, variant: Variant, seed: int, run: Path, data: str | Pa
 
 
 def _resolved(run: Path) -> dict[str, Any]:
-    """What the table shows of a trained run: its flow's α, template, condition dropout and training time."""
+    """What the table shows of a trained run: its flow's α, prior, template, condition dropout, the PA-MAE's
+    token placement, training steps and time."""
     from ecgflowcmr.bundle import read_config
 
     model = read_config(run)
     flow = model.get("model", model)
     training = json.loads((run / "metrics.json").read_text()).get("training", {})
     pamae = read_config(Path(json.loads((run / "upstream.json").read_text())["pamae"]))
-    return {"alpha": flow.get("alpha"), "use_template": flow.get("use_template"),
+    return {"alpha": flow.get("alpha"), "prior": flow.get("prior"), "use_template": flow.get("use_template"),
             "cond_dropout": flow.get("cond_dropout"), "align_cut": pamae.get("model", pamae).get("align_cut"),
             "train_steps": training.get("steps"), "train_s": training.get("wall_time_s")}
 

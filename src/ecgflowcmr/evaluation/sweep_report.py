@@ -21,11 +21,11 @@ import numpy as np
 from ecgflowcmr.atomic import atomic_file, write_text_atomic
 from ecgflowcmr.evaluation.report import STYLE, png_uri, pyplot
 
-IDENTITY = ("variant", "kind", "of", "seed", "alpha", "use_template", "cond_dropout", "align_cut", "steps",
-            "method", "guidance", "train_steps", "train_s")
-"""The columns that say what a row is: variant, training or sampling (``of``: the trained variant), seed,
-the trained flow's α / template / condition dropout, the PA-MAE token placement, the sampler settings,
-training steps and seconds."""
+IDENTITY = ("variant", "kind", "of", "overrides", "seed", "alpha", "prior", "use_template", "cond_dropout",
+            "align_cut", "steps", "method", "guidance", "train_steps", "train_s")
+"""The columns that say what a row is: variant, training or sampling (``of``: the trained variant), the
+trained variant's own overrides (``pamae:`` for the PA-MAE's), seed, the trained flow's α / prior / template /
+condition dropout, the PA-MAE token placement, the sampler settings, training steps and seconds."""
 
 COLUMNS: dict[str, tuple[tuple[str, ...], str]] = {
     "lv_fac_spearman": (("headline", "lv_fac_spearman_generated"),
@@ -79,8 +79,9 @@ def row_from_metrics(metrics: dict[str, Any], resolved: dict[str, Any]) -> dict[
     resolved settings (``alpha``, ``use_template``, …)."""
     sweep = metrics["sweep"]
     row: dict[str, Any] = {k: sweep.get(k) for k in ("variant", "kind", "of", "seed", "steps", "method", "guidance")}
-    row.update({k: resolved.get(k) for k in ("alpha", "use_template", "cond_dropout", "align_cut", "train_steps",
-                                             "train_s")})
+    row["overrides"] = " ".join([*sweep.get("sets", []), *(f"pamae:{s}" for s in sweep.get("pamae_sets", []))])
+    row.update({k: resolved.get(k) for k in ("alpha", "prior", "use_template", "cond_dropout", "align_cut",
+                                             "train_steps", "train_s")})
     row["only_alpha"] = not sweep.get("pamae_sets") and all(s.split("=", 1)[0].strip() == "model.alpha"
                                                             for s in sweep.get("sets", []))
     for column, (path, _) in COLUMNS.items():
@@ -227,8 +228,8 @@ def summary_html(summary: dict[str, dict[str, Any]], rows: list[dict[str, Any]])
     body = []
     for variant, entry in summary.items():
         first = next(r for r in rows if r["variant"] == variant)
-        what = ", ".join(f"{k} {_fmt(first[k])}" for k in ("alpha", "use_template", "align_cut", "steps", "method",
-                                                            "guidance") if first[k] is not None)
+        sampler = ", ".join(f"{k} {_fmt(first[k])}" for k in ("steps", "method", "guidance") if first[k] is not None)
+        what = f"{html.escape(first['overrides'] or 'as the preset')}; α {_fmt(first['alpha'])}; {sampler}"
         cells = "".join("<td class='na'>–</td>" if entry[c] is None else
                         f"<td class='num'>{entry[c]['mean']:.3g}"
                         + (f" ± {entry[c]['std']:.2g}" if entry[c]["std"] is not None else "") + "</td>"
