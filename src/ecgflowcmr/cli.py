@@ -222,10 +222,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate cine CMR from ECG file(s) with a trained bundle",
                        description="Generate cines from one ECG file or a manifest of ECGs. Resumable, "
                        "sharded outputs, failed items in failed.csv; under torchrun each rank takes a share.")
-    p.add_argument("--model", type=Path, default=None, help="bundle folder (a trained flow run)")
-    p.add_argument("--sweep", type=Path, default=None, metavar="SPEC",
-                   help="instead of --model: train and evaluate the variants a sweep SPEC (YAML/JSON) names, "
-                   "reusing its PA-MAE and VAE runs; one table and charts (docs/evaluation.md)")
+    p.add_argument("--model", type=Path, required=True, help="bundle folder (a trained flow run)")
     p.add_argument("--ecg", type=Path, required=True, help="an ECG file or a manifest.csv")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--format", type=str, default="nii", help="comma list of nii, mp4, gif, npy (default nii)")
