@@ -102,10 +102,24 @@ def _cmd_downstream(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(f) for f in files[:3]) + f" and {len(files) - 3} plot(s)")
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    if args.sweep is not None:
+        from ecgflowcmr.commands.sweep import sweep
+
+        for flag, value in (("--model", args.model), ("--steps", args.steps), ("--seed", args.seed),
+                            ("--turing", args.turing), ("--downstream", args.downstream)):
+            if value is not None:
+                raise InputError(flag, "not with --sweep: the SPEC names the runs, seeds and sampler settings")
+        path = sweep(args.sweep, args.data, args.out, weights=args.weights, segmenter=args.segmenter,
+                     seg_config=args.seg_config, batch_size=args.batch_size, max_test=args.max_test,
+                     max_train=args.max_train, fid_frames=args.fid_frames)
+        print(f"wrote {path} (and metrics.csv, report.html beside it)")
+        return
     from ecgflowcmr.commands.evaluate import evaluate
 
+    if args.model is None:
+        raise InputError("--model", "required (or --sweep SPEC)")
     path = evaluate(args.model, args.data, args.out, weights=args.weights, segmenter=args.segmenter,
-                    seg_config=args.seg_config, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+                    seg_config=args.seg_config, seed=args.seed or 0, steps=args.steps, batch_size=args.batch_size,
                     max_test=args.max_test, max_train=args.max_train, fid_frames=args.fid_frames,
                     turing=args.turing, downstream=args.downstream)
     print(f"wrote {path} (and metrics.csv, report.html beside it)")
@@ -246,8 +260,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                        description="Evaluate a trained bundle on the held-out (test) subjects of a store: Table 1 "
                        "metrics with baselines and real-vs-real floors, chamber measures from a segmenter trained "
                        "on the store's real cines (agreement, diagnosis, timing) beside floors and the ECG "
-                       "ceiling. Writes metrics.json, metrics.csv and a self-contained report.html.")
-    p.add_argument("--model", type=Path, required=True, help="bundle folder (a trained flow run)")
+                       "ceiling. Writes metrics.json, metrics.csv and a self-contained report.html. With --sweep SPEC: train "
+                       "and evaluate ablation and sampler variants into one table and charts.")
+    p.add_argument("--model", type=Path, default=None, help="bundle folder (a trained flow run)")
+    p.add_argument("--sweep", type=Path, default=None, metavar="SPEC",
+                   help="instead of --model: train and evaluate the variants a sweep SPEC (YAML/JSON) names, "
+                   "reusing its PA-MAE and VAE runs; one table and charts (docs/evaluation.md)")
     p.add_argument("--data", type=Path, required=True, help="store folder (train split + test split)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--weights", type=Path, default=None, help="folder with standard metric weights (LPIPS: "
@@ -256,7 +274,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--segmenter", type=Path, default=None, help="a trained segmenter folder (default: "
                    "OUT/segmenter, trained on the store's real training cines when missing)")
     p.add_argument("--seg-config", default="default", help="segmenter preset when training one (default, tiny)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (per subject: as `generate`)")
+    p.add_argument("--seed", type=int, default=None, help="noise seed (per subject: as `generate`; default 0)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the bundle's)")
     p.add_argument("--batch-size", type=int, default=8, help="cines per generation batch (default 8)")
     p.add_argument("--max-test", type=int, default=None, help="measure at most this many test subjects")

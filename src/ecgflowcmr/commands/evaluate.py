@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,57 +29,126 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
     """Evaluate ``model`` on ``data`` into ``out`` (see the module docstring); returns ``out/metrics.json``.
     ``turing``: a Turing study folder (``ecgflowcmr turing create``) whose scores join the report;
     ``downstream``: a finished ``ecgflowcmr downstream`` folder whose tables and plots join it."""
-    import numpy as np
-    import torch.distributed as dist
-
-    from ecgflowcmr.evaluation.feature_networks import InceptionFeatures, load_i3d, load_lpips, try_load
-    from ecgflowcmr.evaluation.instrument import Cohort, measure_instrument
-    from ecgflowcmr.evaluation.quality import quality_metrics
+    from ecgflowcmr.evaluation.instrument import Cohort
     from ecgflowcmr.evaluation.report import write_report
-    from ecgflowcmr.evaluation.segmentation import PRESETS, load_segmenter, train_segmenter
     from ecgflowcmr.pipeline import load_pipeline
 
-    if seg_config not in PRESETS:
-        raise InputError("--seg-config", f"unknown preset {seg_config!r} (choose from {', '.join(PRESETS)})")
-    if weights is not None and not Path(weights).is_dir():
-        raise InputError(weights, "--weights must be a folder")
+    check_options(seg_config, weights)
     downstream_section = None
     if downstream is not None:  # read before the long work: a wrong folder fails at once
         from ecgflowcmr.downstream.report import report_section as downstream_report_section
 
         downstream_section = downstream_report_section(downstream)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = join_process_group()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     pipe = load_pipeline(model)
+    seg, seg_seconds = ensure_segmenter(data, Path(segmenter) if segmenter is not None else out / "segmenter",
+                                        seg_config, given=segmenter is not None)
+    scorers = Scorers.load(weights, fid_frames) if rank == 0 else None
+    measured = measure_model(pipe, model, data, seg, scorers, seed=seed, steps=steps, batch_size=batch_size,
+                             max_test=max_test, max_train=max_train, fid_frames=fid_frames,
+                             extra_timings={"segmenter_training_s": seg_seconds})
+    if measured is None:  # not rank 0
+        return out / "metrics.json"
+    metrics, result = measured
+    metrics["speed"]["timings_s"]["before_report_s"] = time.perf_counter() - start
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
+    turing_markdown = None
+    if turing is not None:
+        from ecgflowcmr.turing import report_section
 
-    seg_dir = Path(segmenter) if segmenter is not None else out / "segmenter"
-    seg_seconds = 0.0
+        turing_markdown = report_section(turing) or f"The study {turing} has no answers yet."
+    test = Cohort.from_store(data, "test", max_test)
+    write_report(out, metrics, result, test.ecgs, test.subject_ids, n_examples=examples,
+                 turing_markdown=turing_markdown, downstream=downstream_section)
+    return out / "metrics.json"
+
+
+def check_options(seg_config: str, weights: str | Path | None) -> None:
+    """The options every evaluation checks before any work: a known segmenter preset, a weights folder."""
+    from ecgflowcmr.evaluation.segmentation import PRESETS
+
+    if seg_config not in PRESETS:
+        raise InputError("--seg-config", f"unknown preset {seg_config!r} (choose from {', '.join(PRESETS)})")
+    if weights is not None and not Path(weights).is_dir():
+        raise InputError(weights, "--weights must be a folder")
+
+
+def join_process_group() -> int:
+    """Under torchrun (WORLD_SIZE > 1) join the gloo process group once; returns this process's rank."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def ensure_segmenter(data: str | Path, seg_dir: Path, seg_config: str, *, given: bool) -> tuple[Any, float]:
+    """(the segmenter in ``seg_dir``, seconds spent training it here): a folder the user ``given`` must hold
+    one; otherwise rank 0 trains one on the store's real training cines when missing, the others wait."""
+    import torch.distributed as dist
+
+    from ecgflowcmr.evaluation.segmentation import load_segmenter, train_segmenter
+
+    seconds = 0.0
     if not (seg_dir / "model.safetensors").exists():
-        if segmenter is not None:
+        if given:
             raise InputError(seg_dir, "no trained segmenter here (model.safetensors missing)")
-        if rank == 0:
+        if not dist.is_initialized() or dist.get_rank() == 0:
             t = time.perf_counter()
             train_segmenter(data, seg_dir, seg_config)
-            seg_seconds = time.perf_counter() - t
+            seconds = time.perf_counter() - t
         if dist.is_initialized():
             dist.barrier()
-    seg = load_segmenter(seg_dir)
+    return load_segmenter(seg_dir), seconds
+
+
+@dataclass
+class Scorers:
+    """The standard-weight networks of Table 1 (each None with the reason when its weights are missing)."""
+
+    lpips: Any
+    lpips_why: str | None
+    i3d: Any
+    i3d_why: str | None
+    inception: Any
+    inception_why: str | None
+
+    @classmethod
+    def load(cls, weights: str | Path | None, fid_frames: int) -> Scorers:
+        from ecgflowcmr.evaluation.feature_networks import InceptionFeatures, load_i3d, load_lpips, try_load
+
+        lpips, lpips_why = try_load(lambda: load_lpips(weights))
+        i3d, i3d_why = try_load(lambda: load_i3d(weights))
+        inception, inception_why = (try_load(lambda: InceptionFeatures(weights)) if fid_frames > 0
+                                    else (None, "disabled (--fid-frames 0)"))
+        return cls(lpips, lpips_why, i3d, i3d_why, inception, inception_why)
+
+
+def measure_model(pipe: Any, model: str | Path, data: str | Path, seg: Any, scorers: Scorers | None, *,
+                  seed: int = 0, steps: int | None = None, batch_size: int = 8, max_test: int | None = None,
+                  max_train: int | None = None, fid_frames: int = 5,
+                  extra_timings: dict[str, float] | None = None,
+                  shared: dict[Any, Any] | None = None,
+                  table1: tuple[str, ...] | None = None) -> tuple[dict[str, Any], Any] | None:
+    """The instrument and Table 1 for a loaded pipeline: (the metrics.json tree, the ``InstrumentResult``) on
+    rank 0, None on the other ranks (which share the generation and segmentation under torchrun).
+    ``model``: what metrics.json names as the model; ``scorers``: loaded on rank 0 (``Scorers.load``);
+    ``shared``: readings kept across models sharing the store, segmenter and VAE (``measure_instrument``);
+    ``table1``: the sources whose Table 1 metrics are computed (default: the generated cines and every
+    baseline; the real-vs-real floor always)."""
+    import numpy as np
+
+    from ecgflowcmr.evaluation.instrument import Cohort, measure_instrument
+    from ecgflowcmr.evaluation.quality import quality_metrics
 
     result = measure_instrument(pipe, data, seg, seed=seed, steps=steps, batch_size=batch_size,
-                                max_test=max_test, max_train=max_train)
-    if rank != 0:
-        return out / "metrics.json"
-
+                                max_test=max_test, max_train=max_train, shared=shared)
+    if scorers is None:
+        return None
     t = time.perf_counter()
-    lpips, lpips_why = try_load(lambda: load_lpips(weights))
-    i3d, i3d_why = try_load(lambda: load_i3d(weights))
-    inception, inception_why = (try_load(lambda: InceptionFeatures(weights)) if fid_frames > 0
-                                else (None, "disabled (--fid-frames 0)"))
     n_test = len(result.cines["real"])
     train = Cohort.from_store(data, "train", n_test)
     if len(train.cines01) < n_test:
@@ -86,17 +156,21 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
                                f"cine, but the train split has {len(train.cines01)}; use --max-test")
     sources = {k: v for k, v in result.cines.items() if k != "real"}
     sources["template_only"] = np.repeat(result.template_cine, n_test, axis=0)
+    if table1 is not None:
+        sources = {k: v for k, v in sources.items() if k in table1}
+    s = scorers
     quality = quality_metrics(result.cines["real"], sources, train.cines01,
-                              lpips=lpips[0] if lpips else None, lpips_info=lpips[1] if lpips else lpips_why,
-                              inception=inception, inception_info=inception.info() if inception else inception_why,
-                              i3d=i3d[0] if i3d else None, i3d_info=i3d[1] if i3d else i3d_why,
+                              lpips=s.lpips[0] if s.lpips else None, lpips_info=s.lpips[1] if s.lpips else s.lpips_why,
+                              inception=s.inception,
+                              inception_info=s.inception.info() if s.inception else s.inception_why,
+                              i3d=s.i3d[0] if s.i3d else None, i3d_info=s.i3d[1] if s.i3d else s.i3d_why,
                               fid_frames=max(fid_frames, 1))
     quality_seconds = time.perf_counter() - t
 
-    seg_metrics_path = seg_dir / "metrics.json"
-    test = Cohort.from_store(data, "test", max_test)
-    timings = {**result.timings, "segmenter_training_s": seg_seconds, "quality_s": quality_seconds,
+    seg_metrics_path = seg.folder / "metrics.json" if seg.folder is not None else None
+    timings = {**result.timings, **(extra_timings or {}), "quality_s": quality_seconds,
                **{f"quality_{k}": v for k, v in quality.pop("timings_s").items()}}
+    settings = pipe.sampling_settings(steps)
     metrics: dict[str, Any] = {
         "model": str(model),
         "data": str(data),
@@ -104,26 +178,17 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
             "seconds_per_video": {
                 "value": result.timings["generate_test_s"] / max(n_test, 1),
                 "definition": f"wall time of generating the {n_test} test cines from their ECGs (batch "
-                              f"{batch_size}, sampler steps {steps or 'as in the bundle'}) on this machine, per cine"},
+                              f"{batch_size}, sampler {settings['method']}, {settings['steps']} steps, guidance "
+                              f"{settings['guidance']}) on this machine, per cine"},
             "timings_s": timings,
             "definition": "seconds per step of this evaluation on this machine",
         },
         "quality": quality,
         "instrument": {**result.metrics, "segmenter_training": json.loads(seg_metrics_path.read_text())
-                       if seg_metrics_path.exists() else {}},
+                       if seg_metrics_path is not None and seg_metrics_path.exists() else {}},
         "headline": result.headline,
     }
-    timings["before_report_s"] = time.perf_counter() - start
-    metrics = _finite(metrics)
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
-    turing_markdown = None
-    if turing is not None:
-        from ecgflowcmr.turing import report_section
-
-        turing_markdown = report_section(turing) or f"The study {turing} has no answers yet."
-    write_report(out, metrics, result, test.ecgs, test.subject_ids, n_examples=examples,
-                 turing_markdown=turing_markdown, downstream=downstream_section)
-    return out / "metrics.json"
+    return _finite(metrics), result
 
 
 def _finite(tree: Any) -> Any:

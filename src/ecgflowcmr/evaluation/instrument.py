@@ -361,12 +361,15 @@ class InstrumentResult:
 
 def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, seed: int = 0,
                        steps: int | None = None, batch_size: int = 8, max_test: int | None = None,
-                       max_train: int | None = None, test_split: str = "test") -> InstrumentResult:
+                       max_train: int | None = None, test_split: str = "test",
+                       shared: dict[Any, Any] | None = None) -> InstrumentResult:
     """Run the instrument (module docstring) for a generator on a store's held-out split.
 
     model: a bundle path or a loaded ``Pipeline``. store: its ``train`` split trains the classifiers, the
     ridge ceiling and is the retrieval pool; ``test_split`` is measured. The noise of subject s is
-    ``item_seed(seed, s)``; ``steps``: sampler steps (default: the bundle's).
+    ``item_seed(seed, s)``; ``steps``: sampler steps (default: the bundle's). ``shared``: a dict kept across
+    calls for models that share this store, this segmenter and the same VAE (a sweep's variants): the
+    segmenter's readings of the real cines and the VAE reconstructions are computed once and kept there.
     """
     from ecgflowcmr.pipeline import Pipeline, item_seed, load_pipeline
 
@@ -378,6 +381,13 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
         now = time.perf_counter()
         timings[name] = now - clock
         clock = now
+
+    def once(key: tuple, make: Any) -> Any:
+        if shared is None:
+            return make()
+        if key not in shared:
+            shared[key] = make()
+        return shared[key]
 
     pipe = model if isinstance(model, Pipeline) else load_pipeline(model)
     test = Cohort.from_store(store, test_split, max_test)
@@ -395,21 +405,24 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
     generated_train = generate_cines(pipe, train.ecgs, [item_seed(seed, s) for s in train.subject_ids],
                                      batch_size, steps)
     lap("generate_train_s")
-    cines["vae_reconstruction"] = shard_map(lambda x: vae_reconstruct(pipe, x), test.cines01)
+    n = len(test.cines01)
+    cines["vae_reconstruction"] = once(("vae_reconstruction", test_split, n),
+                                       lambda: shard_map(lambda x: vae_reconstruct(pipe, x), test.cines01))
     template = decode_template(pipe)
     feats_train, feats_test = ecg_features(pipe, train.ecgs), ecg_features(pipe, test.ecgs)
     nearest = nearest_by_cosine(*_standardised(feats_test, feats_train))
     cines["retrieval"] = train.cines01[nearest]
     lap("baselines_s")
 
-    read_real_train = read_cines(segmenter, train.cines01)
-    read = {name: read_cines(segmenter, x) for name, x in cines.items() if name != "retrieval"}
+    read_real_train = once(("read", "train", len(train.cines01)), lambda: read_cines(segmenter, train.cines01))
+    read = {name: once(("read", name, test_split, n), lambda x=x: read_cines(segmenter, x))
+            if name in ("real", "vae_reconstruction") else read_cines(segmenter, x)
+            for name, x in cines.items() if name != "retrieval"}
     read["retrieval"] = read_real_train.take(nearest)  # the retrieved cines are training cines: read once
     read_gen_train = read_cines(segmenter, generated_train)
     read_template = read_cines(segmenter, template)
     lap("segment_s")
 
-    n = len(test.cines01)
     real_m = read["real"].measures
     measures: dict[str, dict[str, np.ndarray]] = {"real": real_m}
     for name in ("generated", "shuffled_ecg", "retrieval", "vae_reconstruction"):

@@ -84,7 +84,8 @@ def write_metrics_csv(path: Path, metrics: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _png(fig) -> str:
+def png_uri(fig) -> str:
+    """A Matplotlib figure as an inline PNG ``data:`` URI (the figure is closed)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -93,7 +94,8 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,7 +106,7 @@ def _plt():
 
 def area_curves_png(curves: dict[str, np.ndarray], subjects: list[str], k: int) -> str:
     """LV blood-pool area over the cycle, real vs generated (and shuffled ECG), for the first k subjects."""
-    plt = _plt()
+    plt = pyplot()
     k = min(k, len(subjects))
     fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 2.6), squeeze=False)
     for i, ax in enumerate(axes[0]):
@@ -117,12 +119,12 @@ def area_curves_png(curves: dict[str, np.ndarray], subjects: list[str], k: int) 
             ax.set_ylabel("LV pool area (cm²)", fontsize=8)
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
-    return _png(fig)
+    return png_uri(fig)
 
 
 def scatter_png(measures: dict[str, dict[str, np.ndarray]], names: list[str]) -> str:
     """Generated (and ECG ceiling) vs real, one panel per measure, identity line."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(names), figsize=(2.9 * len(names), 2.8), squeeze=False)
     for ax, m in zip(axes[0], names):
         real = measures["real"][m]
@@ -137,7 +139,7 @@ def scatter_png(measures: dict[str, dict[str, np.ndarray]], names: list[str]) ->
     axes[0][0].set_ylabel("predicted / generated", fontsize=8)
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
-    return _png(fig)
+    return png_uri(fig)
 
 
 def cine_grid(cines: dict[str, np.ndarray], index: int, ecg: np.ndarray, order: list[str],
@@ -277,7 +279,8 @@ of {html.escape(subjects[0])}, for viewers without video.</figcaption></figure>
 {grids}
 <h2>LV area over the cycle</h2><img alt="area curves" src="{area_curves_png(result.curves, subjects, k)}">
 <h2>Generated vs real measures</h2><img alt="scatter" src="{scatter_png(result.measures, measures)}">
-<h2>Ablations</h2><p class="note">No sweep in this run (ablation sweeps are not part of this version).</p>
+<h2>Ablations</h2><p class="note">Ablations and sampler sweeps have their own report: <code>ecgflowcmr evaluate
+--sweep SPEC</code> (docs/evaluation.md).</p>
 {_turing_html(turing_markdown)}{_downstream_html(downstream)}</body></html>"""
     report = out / "report.html"
     write_text_atomic(report, page)

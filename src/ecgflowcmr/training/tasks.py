@@ -18,6 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch.distributed
+
 from ecgflowcmr.atomic import ensure_dir, write_text_atomic
 from ecgflowcmr.bundle import load_weights
 from ecgflowcmr.config import dump_yaml, load_config
@@ -54,6 +56,7 @@ def run_stage(module: ModuleType, stage: str, data: Path, out: Path, *, config: 
     """:func:`train` for a given stage module (any module following the stage contract)."""
     data, out = Path(data), Path(out)
     cfg = load_config(module.RunConfig, stage, config, sets)
+    caller_joined = torch.distributed.is_initialized()  # a caller's group (a sweep's) outlives this run
     dist.setup_distributed(cfg.train.device)
     try:
         if dist.is_main():
@@ -83,5 +86,6 @@ def run_stage(module: ModuleType, stage: str, data: Path, out: Path, *, config: 
             write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
         dist.barrier()
     finally:
-        dist.teardown_distributed()
+        if not caller_joined:
+            dist.teardown_distributed()
     return out
