@@ -50,9 +50,9 @@ def run_sweep(spec: Path, upstream: dict[str, Path], out: Path) -> int:
 
 @pytest.fixture(scope="module")
 def swept(upstream: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A sweep of 2 training variants (base, α = 0.5) × 2 seeds."""
+    """A sweep of 2 training variants (base, α = 1.5) × 2 seeds."""
     root = tmp_path_factory.mktemp("sweep")
-    spec = write_spec(root / "sweep.yaml", upstream, [{"name": "base"}, {"name": "alpha", "grid": {"model.alpha": [0.5]}}])
+    spec = write_spec(root / "sweep.yaml", upstream, [{"name": "base"}, {"name": "alpha", "grid": {"model.alpha": [1.5]}}])
     assert run_sweep(spec, upstream, root / "out") == 0
     return root
 
@@ -62,11 +62,11 @@ def test_sweep_table_charts_and_resume(upstream: dict[str, Path], swept: Path) -
     out = swept / "out"
     with open(out / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert sorted((r["variant"], r["seed"]) for r in rows) == [("alpha[alpha=0.5]", "0"), ("alpha[alpha=0.5]", "1"),
+    assert sorted((r["variant"], r["seed"]) for r in rows) == [("alpha[alpha=1.5]", "0"), ("alpha[alpha=1.5]", "1"),
                                                                ("base", "0"), ("base", "1")]
-    assert {r["alpha"] for r in rows} == {"0.5", "1.0"}
+    assert {r["alpha"] for r in rows} == {"0.5", "1.5"}  # the tiny default, the override
     assert {(r["steps"], r["method"]) for r in rows} == {("1", "euler")}
-    assert {r["overrides"] for r in rows} == {"", "model.alpha=0.5"}
+    assert {r["overrides"] for r in rows} == {"", "model.alpha=1.5"}
     assert all(float(r["psnr_db"]) > 0 and float(r["fid_cmr"]) >= 0 for r in rows)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["summary"]["base"]["psnr_db"]["n"] == 2 and metrics["summary"]["base"]["psnr_db"]["std"] is not None
