@@ -153,3 +153,23 @@ def test_the_pipeline_decodes_the_template_the_vae_stage_reported(demo_run: Path
     real = torch.stack([held_out[i]["cine"] for i in range(vae_metrics["n_held_out"]["value"])])
     scores = psnr(decoded.expand_as(real), (real + 1) / 2)
     assert abs(float(scores.mean()) - vae_metrics["template_psnr_db"]["value"]) < 1e-3
+
+
+def test_the_null_condition_ignores_the_ecg_and_its_prior(demo_run: Path) -> None:
+    """The template-only generator (the downstream 'template' control) is ECG-blind: with the ECG prior
+    (the tiny default) its start is the plain template, so two ECGs with the same seed give the same cine."""
+    import torch
+
+    from ecgflowcmr.io.ecg import read_ecg
+
+    pipe = load_pipeline(demo_run / "flow")
+    assert pipe.flow.prior is not None  # the preset's ECG-conditioned template
+    files = sorted((demo_run / "cohort" / "ecg").glob("*.hea"))[:2]
+    ecgs = [read_ecg(f) for f in files]
+    x = torch.from_numpy(np.stack([e.signal for e in ecgs]))
+    rpeaks = [e.rpeaks for e in ecgs]
+    blind, valid = pipe.generate_batch(x, steps=2, seed=[5, 5], rpeaks=rpeaks, null_condition=True)
+    assert valid.all()
+    np.testing.assert_allclose(blind[0], blind[1], atol=1e-5)
+    seen, _ = pipe.generate_batch(x, steps=2, seed=[5, 5], rpeaks=rpeaks)
+    assert np.abs(seen[0] - seen[1]).mean() > 1e-3  # with the ECG (and its prior) they differ
