@@ -147,16 +147,8 @@ def alpha_chart(rows: list[dict[str, Any]]) -> str | None:
     chosen = [r for r in rows if r["kind"] == "train" and r["only_alpha"] and r["alpha"] is not None]
     if len({r["alpha"] for r in chosen}) < 2:
         return None
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(CHARTED), figsize=(3.0 * len(CHARTED), 2.7), squeeze=False)
-    for ax, column in zip(axes[0], CHARTED):
-        _series(ax, chosen, "alpha", column, "mean ± sd over seeds", "C0")
-        ax.set_title(column, fontsize=9)
-        ax.set_xlabel("α (noise scale around the template)", fontsize=8)
-        _unavailable(ax)
-    _legend(axes[0])
-    fig.tight_layout()
-    return png_uri(fig)
+    return _panel_row(CHARTED, "α (noise scale around the template)",
+                      lambda ax, column: _series(ax, chosen, "alpha", column, "mean ± sd over seeds", "C0"))
 
 
 def steps_chart(rows: list[dict[str, Any]]) -> str | None:
@@ -169,16 +161,25 @@ def steps_chart(rows: list[dict[str, Any]]) -> str | None:
     groups = {k: v for k, v in groups.items() if len({r["steps"] for r in v}) >= 2}
     if not groups:
         return None
-    columns = (*CHARTED, "seconds_per_video")
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.0 * len(columns), 2.7), squeeze=False)
-    for ax, column in zip(axes[0], columns):
+
+    def draw(ax: Any, column: str) -> None:
         for i, ((of, method, guidance), group) in enumerate(groups.items()):
             label = f"{of}: {method}" + (f", w={guidance:g}" if guidance is not None else "")
             _series(ax, group, "steps", column, label, f"C{i}")
         ax.set_xscale("log", base=2)
+
+    return _panel_row((*CHARTED, "seconds_per_video"), "sampler steps", draw)
+
+
+def _panel_row(columns: tuple[str, ...], x_label: str, draw: Any) -> str:
+    """One panel per metric column, side by side: ``draw(ax, column)`` plots it; titles, axis label, the
+    'not available' mark and one legend are shared. Returns the PNG as a data URI."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.0 * len(columns), 2.7), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        draw(ax, column)
         ax.set_title(column, fontsize=9)
-        ax.set_xlabel("sampler steps", fontsize=8)
+        ax.set_xlabel(x_label, fontsize=8)
         _unavailable(ax)
     _legend(axes[0])
     fig.tight_layout()
