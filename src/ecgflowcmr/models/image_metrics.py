@@ -10,7 +10,6 @@ K1 = 0.01, K2 = 0.03, computed per frame over the *valid* window positions (no p
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 PSNR_DEFINITION = "PSNR = 10·log10(R² / MSE) per video over all voxels, R = 1 on the [0, 1] display scale; mean over videos (dB)"
@@ -38,10 +37,21 @@ def gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = tor
     return (g / g.sum()).to(dtype)
 
 
+def _band(g: Tensor, n: int) -> Tensor:
+    """(n − k + 1, n) matrix whose row i is the window g at columns i … i + k − 1 (valid-mode filtering)."""
+    k = g.shape[0]
+    rows = torch.arange(n - k + 1, device=g.device)
+    band = torch.zeros(n - k + 1, n, dtype=g.dtype, device=g.device)
+    band[rows[:, None], rows[:, None] + torch.arange(k, device=g.device)] = g
+    return band
+
+
 def _blur(x: Tensor, g: Tensor) -> Tensor:
-    """Separable valid-mode Gaussian filter of (N, 1, H, W) → (N, 1, H − k + 1, W − k + 1)."""
-    x = F.conv2d(x, g.view(1, 1, -1, 1))
-    return F.conv2d(x, g.view(1, 1, 1, -1))
+    """Separable valid-mode Gaussian filter of (N, 1, H, W) → (N, 1, H − k + 1, W − k + 1).
+
+    As two banded matrix products (rows, then columns), the same sums as a (k, 1) then a (1, k) convolution
+    in another order (equal within float round-off): one-channel convolutions ran ~30× slower on CPU."""
+    return _band(g, x.shape[-2]) @ x @ _band(g, x.shape[-1]).T
 
 
 def ssim_frames(x: Tensor, y: Tensor, data_range: float = 1.0, window: int = 11, sigma: float = 1.5) -> Tensor:
