@@ -100,6 +100,11 @@ def test_bad_inputs_exit_2(evaluated: Path, tmp_path: Path, capsys: pytest.Captu
     assert main(["evaluate", "--model", str(bundle), "--data", str(store), "--out", str(tmp_path / "o"),
                  "--segmenter", str(tmp_path)]) == 2
     assert "no trained segmenter" in capsys.readouterr().err
+    for bad, why in (("2", "must be ≥ 3"), ("many", "expected a whole number ≥ 3 or 'all'")):
+        assert main(["evaluate", "--model", str(bundle), "--data", str(store), "--out", str(tmp_path / "o"),
+                     "--max-baseline", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--max-baseline" in err and why in err and len(err.strip().splitlines()) == 1
 
 
 def _downstream_folder(folder: Path) -> Path:
@@ -115,7 +120,8 @@ def _downstream_folder(folder: Path) -> Path:
 
 def test_turing_study_and_downstream_join_the_report(evaluated: Path, tmp_path: Path) -> None:
     """`evaluate --turing STUDY --downstream DIR` puts the study's section (here a study nobody rated yet)
-    and the downstream tables and plots into report.html."""
+    and the downstream tables and plots into report.html; with `--max-baseline 3` the references cover the
+    first 3 of the 4 test subjects, the generated cines all 4, and metrics.json says so."""
     from ecgflowcmr.turing import create_study
 
     demo = evaluated.parent
@@ -125,7 +131,18 @@ def test_turing_study_and_downstream_join_the_report(evaluated: Path, tmp_path: 
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", str(demo / "flow"), "--data", str(demo / "store"), "--out", str(out),
                  "--segmenter", str(evaluated / "segmenter"), "--max-test", "4", "--max-train", "8",
-                 "--fid-frames", "0", "--turing", str(study), "--downstream", str(downstream)]) == 0
+                 "--fid-frames", "0", "--turing", str(study), "--downstream", str(downstream),
+                 "--max-baseline", "3"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    subjects = metrics["instrument"]["subjects"]
+    assert (subjects["test"], subjects["baseline"], subjects["max_baseline"]) == (4, 3, 3)
+    assert "over N = 4 test subjects; shuffled_ecg and vae_reconstruction over the first 3" in \
+        metrics["instrument"]["agreement"]["lv_fac"]["definition"]
+    assert "first 3 of the 4 test items" in metrics["instrument"]["timing"]["es_frame_mae_swapped_ecg"]["definition"]
+    quality = metrics["quality"]
+    assert "mean over 4 subjects" in quality["generated"]["psnr_db"]["definition"]
+    for source in ("shuffled_ecg", "vae_reconstruction", "retrieval", "template_only", "real_floor"):
+        assert "the first 3 of the 4 test subjects" in quality[source]["psnr_db"]["definition"], source
     page = (out / "report.html").read_text()
     assert "<h2>Turing test (raters)</h2>" in page
     assert "has no answers yet" in page

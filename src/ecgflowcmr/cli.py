@@ -101,6 +101,20 @@ def _cmd_downstream(args: argparse.Namespace) -> None:
                        ablations=ablations, config=args.config, sets=args.set, batch_size=args.batch_size)
     print("wrote " + ", ".join(str(f) for f in files[:3]) + f" and {len(files) - 3} plot(s)")
 
+def max_baseline(args: argparse.Namespace) -> int | None:
+    """``--max-baseline N|all`` → N, None for ``all``, the evaluation's default when not given."""
+    from ecgflowcmr.evaluation.instrument import DEFAULT_MAX_BASELINE
+
+    value = args.max_baseline
+    if value is None:
+        return DEFAULT_MAX_BASELINE
+    if value == "all":
+        return None
+    if not value.isdigit():
+        raise InputError("--max-baseline", f"expected a whole number ≥ 3 or 'all', got {value!r}")
+    return int(value)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     if args.sweep is not None:
         from ecgflowcmr.commands.sweep import sweep
@@ -111,7 +125,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                 raise InputError(flag, "not with --sweep: the SPEC names the runs, seeds and sampler settings")
         path = sweep(args.sweep, args.data, args.out, weights=args.weights, segmenter=args.segmenter,
                      seg_config=args.seg_config, batch_size=args.batch_size, max_test=args.max_test,
-                     max_train=args.max_train, fid_frames=args.fid_frames)
+                     max_train=args.max_train, fid_frames=args.fid_frames, max_baseline=max_baseline(args))
         print(f"wrote {path} (and metrics.csv, report.html beside it)")
         return
     from ecgflowcmr.commands.evaluate import evaluate
@@ -121,7 +135,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     path = evaluate(args.model, args.data, args.out, weights=args.weights, segmenter=args.segmenter,
                     seg_config=args.seg_config, seed=args.seed or 0, steps=args.steps, batch_size=args.batch_size,
                     max_test=args.max_test, max_train=args.max_train, fid_frames=args.fid_frames,
-                    turing=args.turing, downstream=args.downstream)
+                    turing=args.turing, downstream=args.downstream, max_baseline=max_baseline(args))
     print(f"wrote {path} (and metrics.csv, report.html beside it)")
 
 
@@ -279,6 +293,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="cines per generation batch (default 8)")
     p.add_argument("--max-test", type=int, default=None, help="measure at most this many test subjects")
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training subjects")
+    p.add_argument("--max-baseline", default=None, metavar="N|all",
+                   help="measure the floors and baselines (shuffled ECG, VAE reconstruction; in Table 1 also "
+                   "retrieval, template, real-vs-real) on the first N test subjects only (default 200; all: every "
+                   "one); the generated cines are always measured on all; metrics.json states N")
     p.add_argument("--fid-frames", type=int, default=5,
                    help="frames per cine for the Inception FID (default 5; 0 skips it)")
     p.add_argument("--turing", type=Path, default=None, metavar="STUDY",

@@ -19,21 +19,25 @@ from typing import Any
 
 from ecgflowcmr.atomic import write_text_atomic
 from ecgflowcmr.errors import InputError
+from ecgflowcmr.evaluation.instrument import DEFAULT_MAX_BASELINE
 
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: str | Path | None = None,
              segmenter: str | Path | None = None, seg_config: str = "default", seed: int = 0,
              steps: int | None = None, batch_size: int = 8, max_test: int | None = None,
              max_train: int | None = None, fid_frames: int = 5, examples: int = 4,
-             turing: str | Path | None = None, downstream: str | Path | None = None) -> Path:
+             turing: str | Path | None = None, downstream: str | Path | None = None,
+             max_baseline: int | None = DEFAULT_MAX_BASELINE) -> Path:
     """Evaluate ``model`` on ``data`` into ``out`` (see the module docstring); returns ``out/metrics.json``.
+    ``max_baseline``: the floors and baselines are measured on the first min(test, max_baseline) test
+    subjects (None: all), the generated cines on all of them (``measure_instrument``);
     ``turing``: a Turing study folder (``ecgflowcmr turing create``) whose scores join the report;
     ``downstream``: a finished ``ecgflowcmr downstream`` folder whose tables and plots join it."""
     from ecgflowcmr.evaluation.instrument import Cohort
     from ecgflowcmr.evaluation.report import write_report
     from ecgflowcmr.pipeline import load_pipeline
 
-    check_options(seg_config, weights)
+    check_options(seg_config, weights, max_baseline)
     downstream_section = None
     if downstream is not None:  # read before the long work: a wrong folder fails at once
         from ecgflowcmr.downstream.report import report_section as downstream_report_section
@@ -49,7 +53,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
     scorers = Scorers.load(weights, fid_frames) if rank == 0 else None
     measured = measure_model(pipe, model, data, seg, scorers, seed=seed, steps=steps, batch_size=batch_size,
                              max_test=max_test, max_train=max_train, fid_frames=fid_frames,
-                             extra_timings={"segmenter_training_s": seg_seconds})
+                             extra_timings={"segmenter_training_s": seg_seconds}, max_baseline=max_baseline)
     if measured is None:  # not rank 0
         return out / "metrics.json"
     metrics, result = measured
@@ -66,10 +70,14 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
     return out / "metrics.json"
 
 
-def check_options(seg_config: str, weights: str | Path | None) -> None:
-    """The options every evaluation checks before any work: a known segmenter preset, a weights folder."""
+def check_options(seg_config: str, weights: str | Path | None,
+                  max_baseline: int | None = DEFAULT_MAX_BASELINE) -> None:
+    """The options every evaluation checks before any work: a known segmenter preset, a weights folder,
+    a usable ``--max-baseline``."""
+    from ecgflowcmr.evaluation.instrument import baseline_items
     from ecgflowcmr.evaluation.segmentation import PRESETS
 
+    baseline_items(3, max_baseline)
     if seg_config not in PRESETS:
         raise InputError("--seg-config", f"unknown preset {seg_config!r} (choose from {', '.join(PRESETS)})")
     if weights is not None and not Path(weights).is_dir():
@@ -132,30 +140,33 @@ def measure_model(pipe: Any, model: str | Path, data: str | Path, seg: Any, scor
                   max_train: int | None = None, fid_frames: int = 5,
                   extra_timings: dict[str, float] | None = None,
                   shared: dict[Any, Any] | None = None,
-                  table1: tuple[str, ...] | None = None) -> tuple[dict[str, Any], Any] | None:
+                  table1: tuple[str, ...] | None = None,
+                  max_baseline: int | None = DEFAULT_MAX_BASELINE) -> tuple[dict[str, Any], Any] | None:
     """The instrument and Table 1 for a loaded pipeline: (the metrics.json tree, the ``InstrumentResult``) on
     rank 0, None on the other ranks (which share the generation and segmentation under torchrun).
     ``model``: what metrics.json names as the model; ``scorers``: loaded on rank 0 (``Scorers.load``);
     ``shared``: readings kept across models sharing the store, segmenter and VAE (``measure_instrument``);
     ``table1``: the sources whose Table 1 metrics are computed (default: the generated cines and every
-    baseline; the real-vs-real floor always)."""
+    baseline; the real-vs-real floor always); ``max_baseline``: the baselines and the floor are measured on
+    the first min(N, max_baseline) test subjects (None: all), the generated cines on all N."""
     import numpy as np
 
-    from ecgflowcmr.evaluation.instrument import Cohort, measure_instrument
+    from ecgflowcmr.evaluation.instrument import Cohort, baseline_items, measure_instrument
     from ecgflowcmr.evaluation.quality import quality_metrics
 
     result = measure_instrument(pipe, data, seg, seed=seed, steps=steps, batch_size=batch_size,
-                                max_test=max_test, max_train=max_train, shared=shared)
+                                max_test=max_test, max_train=max_train, shared=shared, max_baseline=max_baseline)
     if scorers is None:
         return None
     t = time.perf_counter()
     n_test = len(result.cines["real"])
-    train = Cohort.from_store(data, "train", n_test)
-    if len(train.cines01) < n_test:
-        raise InputError(data, f"the real-vs-real floor pairs each of the {n_test} test subjects with a training "
-                               f"cine, but the train split has {len(train.cines01)}; use --max-test")
-    sources = {k: v for k, v in result.cines.items() if k != "real"}
-    sources["template_only"] = np.repeat(result.template_cine, n_test, axis=0)
+    nb = baseline_items(n_test, max_baseline)
+    train = Cohort.from_store(data, "train", nb)
+    if len(train.cines01) < nb:
+        raise InputError(data, f"the real-vs-real floor pairs each of {nb} test subjects with a training cine, but "
+                               f"the train split has {len(train.cines01)}; use --max-baseline or --max-test")
+    sources = {k: v if k == "generated" else v[:nb] for k, v in result.cines.items() if k != "real"}
+    sources["template_only"] = np.repeat(result.template_cine, nb, axis=0)
     if table1 is not None:
         sources = {k: v for k, v in sources.items() if k in table1}
     s = scorers
@@ -164,7 +175,7 @@ def measure_model(pipe: Any, model: str | Path, data: str | Path, seg: Any, scor
                               inception=s.inception,
                               inception_info=s.inception.info() if s.inception else s.inception_why,
                               i3d=s.i3d[0] if s.i3d else None, i3d_info=s.i3d[1] if s.i3d else s.i3d_why,
-                              fid_frames=max(fid_frames, 1))
+                              fid_frames=max(fid_frames, 1), floor_items=nb)
     quality_seconds = time.perf_counter() - t
 
     seg_metrics_path = seg.folder / "metrics.json" if seg.folder is not None else None

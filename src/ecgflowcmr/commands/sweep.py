@@ -42,6 +42,7 @@ from typing import Any
 
 from ecgflowcmr.atomic import atomic_dir, ensure_dir, write_text_atomic
 from ecgflowcmr.errors import ConfigError, InputError
+from ecgflowcmr.evaluation.instrument import DEFAULT_MAX_BASELINE
 
 SPEC_KEYS = ("pamae", "vae", "preset", "sets", "seeds", "variants")
 VARIANT_KEYS = ("name", "sets", "grid", "pamae", "from", "sample")
@@ -293,7 +294,8 @@ def pamae_run(spec: Spec, sets: list[str], out: Path) -> Path:
 
 def sweep(spec_path: str | Path, data: str | Path, out: str | Path, *, weights: str | Path | None = None,
           segmenter: str | Path | None = None, seg_config: str = "default", batch_size: int = 8,
-          max_test: int | None = None, max_train: int | None = None, fid_frames: int = 5) -> Path:
+          max_test: int | None = None, max_train: int | None = None, fid_frames: int = 5,
+          max_baseline: int | None = DEFAULT_MAX_BASELINE) -> Path:
     """Train and evaluate every variant of ``spec_path`` (module docstring) on ``data`` into ``out``;
     returns ``out/metrics.json``. The evaluation options mean what they mean for ``evaluate``."""
     from ecgflowcmr.commands.evaluate import Scorers, check_options, ensure_segmenter, join_process_group
@@ -301,11 +303,12 @@ def sweep(spec_path: str | Path, data: str | Path, out: str | Path, *, weights: 
     from ecgflowcmr.store.prepared import read_store_meta
 
     spec = read_spec(spec_path)
-    check_options(seg_config, weights)
+    check_options(seg_config, weights, max_baseline)
     read_store_meta(data)  # a bad store fails here, before any training
     out = ensure_dir(Path(out))
     rank = join_process_group()
-    options = {"batch_size": batch_size, "max_test": max_test, "max_train": max_train, "fid_frames": fid_frames}
+    options = {"batch_size": batch_size, "max_test": max_test, "max_train": max_train, "fid_frames": fid_frames,
+               "max_baseline": max_baseline}
     start = time.perf_counter()
     seg, _ = ensure_segmenter(data, Path(segmenter) if segmenter is not None else out / "segmenter", seg_config,
                               given=segmenter is not None)
@@ -400,7 +403,8 @@ def _evaluate(spec: Spec, variant: Variant, seed: int, run: Path, data: str | Pa
         return row_from_metrics(json.loads(done.read_text()), _resolved(run))
     measured = measure_model(pipe, run, data, seg, scorers, seed=seed, batch_size=options["batch_size"],
                              max_test=options["max_test"], max_train=options["max_train"],
-                             fid_frames=options["fid_frames"], shared=shared, table1=("generated",))
+                             fid_frames=options["fid_frames"], shared=shared, table1=("generated",),
+                             max_baseline=options["max_baseline"])
     row: dict[str, Any] = {}
     if measured is not None:
         metrics = {"sweep": identity, **measured[0]}

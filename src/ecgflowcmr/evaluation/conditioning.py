@@ -120,30 +120,34 @@ def timing_metrics(curves: dict[str, np.ndarray], partner: np.ndarray, curve_def
                    curve_name: str = "motion_curve") -> dict[str, Any]:
     """ES-frame and curve agreement from per-frame curves whose peak is end-systole.
 
-    curves: ``real``, ``own`` (generated from the own ECG) and ``swapped`` (same noise, the ECG of subject
-    ``partner[i]``), each (N, T); ``curve_definition`` says what the curve is (it goes into every
-    definition); the curve correlations are named ``<curve_name>_corr_own_ecg`` / ``…_swapped_ecg``.
+    curves: ``real``, ``own`` (generated from the own ECG), each (N, T), and ``swapped`` (same noise, the ECG
+    of subject ``partner[i]``), (M, T) for the first M ≤ N items (``evaluate --max-baseline``; partner (M,)
+    indexes all N); ``curve_definition`` says what the curve is (it goes into every definition); the curve
+    correlations are named ``<curve_name>_corr_own_ecg`` / ``…_swapped_ecg``.
     """
     partner = np.asarray(partner, dtype=np.int64)
     n, t = curves["real"].shape
-    if any(curves[k].shape != (n, t) for k in ("own", "swapped")):
+    m = len(curves["swapped"])
+    if curves["own"].shape != (n, t) or curves["swapped"].shape != (m, t) or not 2 <= m <= n:
         raise ValueError(f"curve shapes differ: {[curves[k].shape for k in ('real', 'own', 'swapped')]}")
-    if n < 2 or partner.shape != (n,) or (partner == np.arange(n)).any() or partner.min() < 0 or partner.max() >= n:
+    if partner.shape != (m,) or (partner == np.arange(m)).any() or partner.min() < 0 or partner.max() >= n:
         raise ValueError("partner must give, for each of N ≥ 2 items, another item's index")
     es = {name: peak_centre(curves[name]) for name in ("real", "own", "swapped")}
     constant = float(np.median(es["real"]))
     err = {
         "own": circular_frame_error(es["own"], es["real"], t),
-        "swapped": circular_frame_error(es["swapped"], es["real"], t),
-        "partner_real": circular_frame_error(es["real"][partner], es["real"], t),
+        "swapped": circular_frame_error(es["swapped"], es["real"][:m], t),
+        "partner_real": circular_frame_error(es["real"][partner], es["real"][:m], t),
         "constant": circular_frame_error(np.full(n, constant), es["real"], t),
     }
     corr_own = curve_correlation(curves["own"], curves["real"])
-    corr_swapped = curve_correlation(curves["swapped"], curves["real"])
+    corr_swapped = curve_correlation(curves["swapped"], curves["real"][:m])
     curve = (f"ES frame = peak of the curve over the {t} frames (frame 0 = R-peak = ED), {curve_definition}; "
              f"peak = centre of the run ≥ {PEAK_LEVEL:g}·max around the argmax; errors are circular, in frames; "
              f"N = {n} test items")
     swap = "the ECG of another test subject (item i ← partner i), same sampling noise"
+    if m < n:
+        swap += f", over the first {m} of the {n} test items (--max-baseline)"
     return {
         "es_frame_mae_own_ecg": {
             "value": float(err["own"].mean()),
@@ -159,13 +163,13 @@ def timing_metrics(curves: dict[str, np.ndarray], partner: np.ndarray, curve_def
         "es_frame_mae_other_real": {
             "value": float(err["partner_real"].mean()),
             "definition": "real-vs-real reference: |ES(real of the partner subject) − ES(real)|, what a "
-                          "generator that copied the swapped subject exactly would score"},
+                          f"generator that copied the swapped subject exactly would score; N = {m}"},
         "es_frame_corr_own_ecg": {
             "value": _pearson(es["own"], es["real"]),
             "definition": "Pearson r across items between the ES frame generated from the own ECG and the real "
                           "one: 0 when the timing does not follow the ECG (a constant scores 0)"},
         "es_frame_corr_swapped_ecg": {
-            "value": _pearson(es["swapped"], es["real"]),
+            "value": _pearson(es["swapped"], es["real"][:m]),
             "definition": f"as es_frame_corr_own_ecg, generated from {swap}"},
         "es_frame_real_spread": {
             "value": float(np.std(es["real"])),

@@ -69,8 +69,19 @@ SOURCES: dict[str, str] = {
     "template_only": "the decoded template latent: no ECG, the same cine for every subject (floor)",
     "constant": "the training mean of the real measure for every subject (floor)",
 }
+DEFAULT_MAX_BASELINE = 200
+"""Test subjects the costly references (shuffled ECG, VAE reconstruction, Table 1's baselines and real-vs-real
+floor) are measured on by default: a floor needs a few hundred subjects, not all of a 1,000-subject test set."""
 CURVE_DEFINITION = ("the contraction curve max(A_LV) − A_LV(t) of the segmenter's LV blood-pool area, circularly "
                     "smoothed [1,2,1]/4")
+
+
+def baseline_items(n: int, max_baseline: int | None) -> int:
+    """How many of n test subjects the references are measured on: min(n, max_baseline), all when None."""
+    if max_baseline is not None and max_baseline < 3:
+        raise InputError("--max-baseline", f"must be ≥ 3 (a Spearman ρ and a swap need a few subjects), got "
+                                           f"{max_baseline}")
+    return n if max_baseline is None else min(n, max_baseline)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -362,7 +373,8 @@ class InstrumentResult:
 def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, seed: int = 0,
                        steps: int | None = None, batch_size: int = 8, max_test: int | None = None,
                        max_train: int | None = None, test_split: str = "test",
-                       shared: dict[Any, Any] | None = None) -> InstrumentResult:
+                       shared: dict[Any, Any] | None = None,
+                       max_baseline: int | None = DEFAULT_MAX_BASELINE) -> InstrumentResult:
     """Run the instrument (module docstring) for a generator on a store's held-out split.
 
     model: a bundle path or a loaded ``Pipeline``. store: its ``train`` split trains the classifiers, the
@@ -370,6 +382,10 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
     ``item_seed(seed, s)``; ``steps``: sampler steps (default: the bundle's). ``shared``: a dict kept across
     calls for models that share this store, this segmenter and the same VAE (a sweep's variants): the
     segmenter's readings of the real cines and the VAE reconstructions are computed once and kept there.
+    ``max_baseline``: the costly references (``shuffled_ecg``, ``vae_reconstruction``: a generation or a VAE
+    pass and a segmentation per cine) are measured on the first min(N, max_baseline) test subjects only
+    (None: all); the generated cines, retrieval, template, constant and ceiling keep all N. Every
+    definition names its N.
     """
     from ecgflowcmr.pipeline import Pipeline, item_seed, load_pipeline
 
@@ -396,18 +412,19 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
         raise InputError(store, f"the {test_split} split has {len(test.cines01)} paired items; need ≥ 3")
     lap("read_store_s")
 
+    n = len(test.cines01)
+    nb = baseline_items(n, max_baseline)
     test_seeds = [item_seed(seed, s) for s in test.subject_ids]
-    partner = swap_partners(len(test.cines01))
+    partner = swap_partners(n)[:nb]  # item i < nb takes the ECG of item partner[i] (any of the n)
     cines = {"real": test.cines01, "generated": generate_cines(pipe, test.ecgs, test_seeds, batch_size, steps)}
     lap("generate_test_s")
-    cines["shuffled_ecg"] = generate_cines(pipe, test.ecgs[partner], test_seeds, batch_size, steps)
+    cines["shuffled_ecg"] = generate_cines(pipe, test.ecgs[partner], test_seeds[:nb], batch_size, steps)
     lap("generate_shuffled_s")
     generated_train = generate_cines(pipe, train.ecgs, [item_seed(seed, s) for s in train.subject_ids],
                                      batch_size, steps)
     lap("generate_train_s")
-    n = len(test.cines01)
-    cines["vae_reconstruction"] = once(("vae_reconstruction", test_split, n),
-                                       lambda: shard_map(lambda x: vae_reconstruct(pipe, x), test.cines01))
+    cines["vae_reconstruction"] = once(("vae_reconstruction", test_split, nb),
+                                       lambda: shard_map(lambda x: vae_reconstruct(pipe, x), test.cines01[:nb]))
     template = decode_template(pipe)
     feats_train, feats_test = ecg_features(pipe, train.ecgs), ecg_features(pipe, test.ecgs)
     nearest = nearest_by_cosine(*_standardised(feats_test, feats_train))
@@ -415,7 +432,7 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
     lap("baselines_s")
 
     read_real_train = once(("read", "train", len(train.cines01)), lambda: read_cines(segmenter, train.cines01))
-    read = {name: once(("read", name, test_split, n), lambda x=x: read_cines(segmenter, x))
+    read = {name: once(("read", name, test_split, len(x)), lambda x=x: read_cines(segmenter, x))
             if name in ("real", "vae_reconstruction") else read_cines(segmenter, x)
             for name, x in cines.items() if name != "retrieval"}
     read["retrieval"] = read_real_train.take(nearest)  # the retrieved cines are training cines: read once
@@ -432,12 +449,15 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
     measures["ecg_ceiling"] = {m: ridge_predict(feats_train, read_real_train.measures[m], feats_test)
                                for m in MEASURES}
     agreement_section: dict[str, Any] = {}
+    subsampled = "" if nb == n else (f"; shuffled_ecg and vae_reconstruction over the first {nb} of them only "
+                                     f"(--max-baseline {max_baseline})")
     for m, definition in MEASURES.items():
-        agreement_section[m] = {src: agreement(measures[src][m], real_m[m]) for src in SOURCES}
+        agreement_section[m] = {src: agreement(measures[src][m], real_m[m][:len(measures[src][m])])
+                                for src in SOURCES}
         agreement_section[m]["definition"] = (
             f"{definition}; agreement with the same measure on the subject's own real cine over N = {n} "
-            f"{test_split} subjects: Spearman ρ (null: a constant), R² = 1 − Σ(g − r)²/Σ(r − r̄)² (no refit), "
-            f"MAE in the measure's unit")
+            f"{test_split} subjects{subsampled}: Spearman ρ (null: a constant), R² = 1 − Σ(g − r)²/Σ(r − r̄)² "
+            f"(no refit), MAE in the measure's unit")
     lap("agreement_s")
 
     timing = timing_metrics({"real": contraction_curve(read["real"].areas),
@@ -450,11 +470,12 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
                                train_n=len(train.cines01))
     realism["identification_generated"] = {
         "value": identification(measures["generated"], real_m),
-        "definition": "mean fraction of other test subjects' real cines farther (standardised measure space) "
-                      "from a subject's generated cine than its own real one: 0.5 = chance"}
+        "definition": f"mean fraction of other test subjects' real cines farther (standardised measure space) "
+                      f"from a subject's generated cine than its own real one: 0.5 = chance; N = {n}"}
     realism["identification_shuffled_ecg"] = {
-        "value": identification(measures["shuffled_ecg"], real_m),
-        "definition": "as identification_generated, for cines generated from a shuffled ECG (floor)"}
+        "value": identification(measures["shuffled_ecg"], {m: v[:nb] for m, v in real_m.items()}),
+        "definition": f"as identification_generated, for cines generated from a shuffled ECG (floor), among the "
+                      f"first {nb} test subjects"}
     lap("scores_s")
 
     seg_info: dict[str, Any] = {"weights": str(segmenter.folder or "in memory"), "sha256": segmenter.checksum,
@@ -469,8 +490,11 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
                       "paper's short-axis volumes",
         "segmenter": seg_info,
         "subjects": {"test": n, "train": len(train.cines01), "split": test_split, "seed": seed,
+                     "baseline": nb, "max_baseline": max_baseline,
                      "definition": "held-out subjects measured; training subjects behind the classifiers, "
-                                   "the ridge ceiling and the retrieval pool; noise seed"},
+                                   "the ridge ceiling and the retrieval pool; noise seed; baseline: the first "
+                                   "test subjects the costly references (shuffled ECG, VAE reconstruction) "
+                                   "are measured on, min(test, max_baseline) (--max-baseline; null: all)"},
         "sources": SOURCES,
         "agreement": agreement_section,
         "timing": timing,
@@ -509,7 +533,7 @@ def _diagnosis_section(train: Cohort, test: Cohort, real_train: Readout, gen_tra
     real_clf = classifier(real_train.classifier_features(), y_train)
     gen_clf = classifier(gen_train.classifier_features(), y_train)
     ecg_clf = classifier(feats_train, y_train)
-    n, k = len(y_test), len(set(y_test))
+    n, k, nb = len(y_test), len(set(y_test)), len(read["shuffled_ecg"].areas)
     how = (f"balanced accuracy over the {k} diagnoses present in N = {n} test subjects; logistic regression "
            f"(C 0.1, balanced, standardised) on cine features (segmenter bottleneck mean/std over time, log "
            f"ED/ES chamber areas, the six measures)")
@@ -521,8 +545,9 @@ def _diagnosis_section(train: Cohort, test: Cohort, real_train: Readout, gen_tra
             "definition": "the same classifier on the generated test cines (realism: near real_trained_on_real "
                           "when the generated hearts look like their real ones)"},
         "real_trained_on_shuffled_ecg": {
-            "value": balanced_accuracy(real_clf, read["shuffled_ecg"].classifier_features(), y_test),
-            "definition": "the same classifier on cines generated from a shuffled ECG (floor)"},
+            "value": balanced_accuracy(real_clf, read["shuffled_ecg"].classifier_features(), y_test[:nb]),
+            "definition": f"the same classifier on cines generated from a shuffled ECG (floor), the first {nb} "
+                          f"test subjects"},
         "real_trained_on_retrieval": {
             "value": balanced_accuracy(real_clf, read["retrieval"].classifier_features(), y_test),
             "definition": "the same classifier on the retrieved real training cines (retrieval baseline)"},
@@ -553,10 +578,11 @@ def _realism_section(real_train: Readout, read: dict[str, Readout], cines: dict[
                  f"cines and of the {train_n} real training cines")
     for name in ("generated", "shuffled_ecg", "retrieval", "vae_reconstruction", "template_only"):
         frames = read[name].frame_features.reshape(-1, ref_frames.shape[1])
+        only = "" if len(read[name].areas) == n else f" (the first {len(read[name].areas)} test subjects only)"
         out[f"fid_cmr_{name}"] = {"value": frechet_between(frames, ref_frames), "definition": f"{frame_def}; "
-                                  f"test cines: {SOURCES[name]}"}
+                                  f"test cines: {SOURCES[name]}{only}"}
         out[f"fvd_cmr_{name}"] = {"value": frechet_between(read[name].video_features(), ref_videos),
-                                  "definition": f"{video_def}; test cines: {SOURCES[name]}"}
+                                  "definition": f"{video_def}; test cines: {SOURCES[name]}{only}"}
     real_frames = read["real"].frame_features.reshape(-1, ref_frames.shape[1])
     out["fid_cmr_real_floor"] = {"value": frechet_between(real_frames, ref_frames),
                                  "definition": f"{frame_def}; test cines: the real ones (real-vs-real floor, "
@@ -569,17 +595,20 @@ def _realism_section(real_train: Readout, read: dict[str, Readout], cines: dict[
     out["sharpness_ratio_generated"] = {"value": sharpness(cines["generated"]) / real_sharp,
                                         "definition": "mean gradient magnitude of the generated test cines over "
                                                       "the real ones' (1 = as sharp)"}
+    nb = len(cines["vae_reconstruction"])
     out["sharpness_ratio_vae_reconstruction"] = {
-        "value": sharpness(cines["vae_reconstruction"]) / real_sharp,
-        "definition": "as sharpness_ratio_generated for the VAE reconstructions"}
+        "value": sharpness(cines["vae_reconstruction"]) / (real_sharp if nb == n else sharpness(cines["real"][:nb])),
+        "definition": f"as sharpness_ratio_generated for the VAE reconstructions of the first {nb} test subjects "
+                      f"(over the same subjects' real cines)"}
     out["real_vs_generated_auc"] = {
         "value": real_vs_generated_auc(read["real"].classifier_features(), read["generated"].classifier_features()),
         "definition": "ROC AUC of the instrument's classifier telling real from generated test cines, out of "
                       "fold (5-fold): 0.5 = indistinguishable to the machine, 1 = always told apart"}
     out["real_vs_vae_reconstruction_auc"] = {
-        "value": real_vs_generated_auc(read["real"].classifier_features(),
+        "value": real_vs_generated_auc(read["real"].classifier_features()[:nb],
                                        read["vae_reconstruction"].classifier_features()),
-        "definition": "as real_vs_generated_auc for the VAE reconstructions (what the latent space allows)"}
+        "definition": f"as real_vs_generated_auc for the VAE reconstructions (what the latent space allows), the "
+                      f"first {nb} test subjects"}
     return out
 
 

@@ -16,6 +16,9 @@ the generated cines and the baselines. For each source:
 
 The floor (``real_floor``) is the same computation with real *training* cines in place of the source, item i
 of the train split paired with test subject i: what two different real hearts score against each other.
+A source (or the floor) may hold fewer cines than the real test set (``evaluate --max-baseline``): its M cines
+pair with the first M test subjects and are compared with those subjects' real cines; every definition
+states its N.
 """
 
 from __future__ import annotations
@@ -69,16 +72,19 @@ def quality_metrics(real_test: np.ndarray, sources: dict[str, np.ndarray], real_
                     lpips: LPIPS | None, lpips_info: dict[str, Any] | str,
                     inception: InceptionFeatures | None, inception_info: dict[str, Any] | str,
                     i3d: I3D | None = None, i3d_info: dict[str, Any] | str = "not requested",
-                    fid_frames: int = 5, i3d_size: int = I3D_SIZE) -> dict[str, Any]:
+                    fid_frames: int = 5, i3d_size: int = I3D_SIZE, floor_items: int | None = None
+                    ) -> dict[str, Any]:
     """Per source (and ``real_floor``), each metric as ``{"value", "definition"}`` or ``{"unavailable"}``.
 
-    ``real_train`` must hold at least as many cines as ``real_test`` (the first N pair with the test items);
-    ``lpips_info`` / ``inception_info``: the network's description, or the reason it is unavailable.
+    ``real_train`` must hold at least ``floor_items`` cines (default: as many as ``real_test``; the first
+    ``floor_items`` pair with the first test items); a source of M ≤ N cines pairs with the first M test
+    items; ``lpips_info`` / ``inception_info``: the network's description, or the reason it is unavailable.
     """
     n, t = real_test.shape[:2]
-    if len(real_train) < n:
-        raise ValueError(f"the floor needs ≥ {n} real training cines, got {len(real_train)}")
-    everything = {**sources, "real_floor": np.asarray(real_train[:n])}
+    floor_items = n if floor_items is None else floor_items
+    if not 1 <= floor_items <= n or len(real_train) < floor_items:
+        raise ValueError(f"the floor needs {floor_items} (≤ {n}) real training cines, got {len(real_train)}")
+    everything = {**sources, "real_floor": np.asarray(real_train[:floor_items])}
     idx = fid_frame_indices(t, fid_frames)
     size = f"{real_test.shape[2]}×{real_test.shape[3]}"
     timings: dict[str, float] = {}
@@ -89,18 +95,25 @@ def quality_metrics(real_test: np.ndarray, sources: dict[str, np.ndarray], real_
     start = time.perf_counter()
     real_i3d = i3d_features(i3d, real_test, i3d_size) if i3d else None
     timings["i3d_real_s"] = time.perf_counter() - start
-    real_change = temporal_change(real_test)
+    real_jerk = temporal_jerk(real_test)
+    real_changes: dict[int, float] = {}  # by the number of test subjects a source pairs with
     out: dict[str, Any] = {}
     for name, cines in everything.items():
-        if cines.shape != real_test.shape:
+        k = len(cines)
+        if cines.shape[1:] != real_test.shape[1:] or not 1 <= k <= n:
             raise ValueError(f"source {name!r} has shape {cines.shape}, the real test cines {real_test.shape}")
+        real = real_test[:k]  # the same subjects' real cines
+        of = f"{k} subjects" if k == n else f"the first {k} of the {n} test subjects (--max-baseline)"
+        if k not in real_changes:
+            real_changes[k] = temporal_change(real)
+        real_change = real_changes[k]
         m: dict[str, Any] = {}
         start = time.perf_counter()
         if lpips is not None:
-            d = lpips_distances(lpips, cines.reshape(-1, *cines.shape[2:]), real_test.reshape(-1, *cines.shape[2:]))
+            d = lpips_distances(lpips, cines.reshape(-1, *cines.shape[2:]), real.reshape(-1, *cines.shape[2:]))
             m["lpips"] = {"value": float(d.mean()),
                           "definition": f"LPIPS-Alex v0.1 per frame against the subject's own real frame, all {t} "
-                                        f"frames at {size}, grey → RGB, mean over {n} subjects × {t} frames; "
+                                        f"frames at {size}, grey → RGB, mean over {of} × {t} frames; "
                                         f"{lpips_info}"}
         else:
             m["lpips"] = {"unavailable": str(lpips_info)}
@@ -109,36 +122,37 @@ def quality_metrics(real_test: np.ndarray, sources: dict[str, np.ndarray], real_
         if inception is not None:
             feats = inception(cines[:, idx].reshape(-1, *cines.shape[2:]))
             m["fid_inception"] = {
-                "value": frechet_between(feats, real_inception),
+                "value": frechet_between(feats, real_inception[:k * len(idx)]),
                 "definition": f"FID: Fréchet distance of Inception pool features, frames {idx.tolist()} of each of "
-                              f"{n} cines ({n * len(idx)} frames, {size} → 299²) vs the same frames of the real "
-                              f"test cines; small N biases FID upwards: compare with real_floor; {inception_info}"}
+                              f"{k} cines ({k * len(idx)} frames, {size} → 299²) vs the same frames of the real "
+                              f"cines of the same subjects ({of}); small N biases FID upwards: compare with real_floor "
+                              f"at the same N; {inception_info}"}
         else:
             m["fid_inception"] = {"unavailable": str(inception_info)}
         timings[f"inception_{name}_s"] = time.perf_counter() - start
         start = time.perf_counter()
         if i3d is not None:
             m["fvd_i3d"] = {
-                "value": frechet_between(i3d_features(i3d, cines, i3d_size), real_i3d),
-                "definition": f"FVD: Fréchet distance of I3D features of the {n} whole cines ({t} frames, {size} → "
-                              f"{i3d_size}²) vs the real test cines'; N below the 400 feature dimensions biases it "
-                              f"upwards: compare with real_floor; {i3d_info}"}
+                "value": frechet_between(i3d_features(i3d, cines, i3d_size), real_i3d[:k]),
+                "definition": f"FVD: Fréchet distance of I3D features of the {k} whole cines ({t} frames, {size} → "
+                              f"{i3d_size}²) vs the real cines of the same subjects ({of}); N below the 400 feature "
+                              f"dimensions biases it upwards: compare with real_floor; {i3d_info}"}
         else:
             m["fvd_i3d"] = {"unavailable": str(i3d_info)}
         timings[f"i3d_{name}_s"] = time.perf_counter() - start
-        paired = _paired(real_test, cines)
+        paired = _paired(real, cines)
         m["psnr_db"] = {"value": paired["psnr_db"], "definition": f"PSNR against the subject's own real cine, "
-                        f"all voxels of the 50×{size} cine in [0, 1], mean over {n} subjects (dB)"}
+                        f"all voxels of the 50×{size} cine in [0, 1], mean over {of} (dB)"}
         m["ssim"] = {"value": paired["ssim"], "definition": f"SSIM (11×11 Gaussian, σ 1.5) per frame against "
-                     f"the subject's own real frame, mean over frames and {n} subjects"}
+                     f"the subject's own real frame, mean over frames and {of}"}
         m["temporal_change_ratio"] = {
             "value": temporal_change(cines) / real_change if real_change > 0 else None,
-            "definition": f"mean |x_(t+1) − x_t| (circular over the cycle) over that of the real test cines "
-                          f"({real_change:.4f}): 1 = moves as much as the real hearts, 0 = frozen"}
+            "definition": f"mean |x_(t+1) − x_t| (circular over the cycle) over that of the same subjects' real "
+                          f"cines ({real_change:.4f}; {of}): 1 = moves as much as the real hearts, 0 = frozen"}
         m["temporal_jerk"] = {
             "value": temporal_jerk(cines),
-            "definition": f"mean |x_(t+1) − 2x_t + x_(t−1)| / mean |x_(t+1) − x_t| (real test cines: "
-                          f"{temporal_jerk(real_test):.3f}); higher = frame-to-frame flicker"}
+            "definition": f"mean |x_(t+1) − 2x_t + x_(t−1)| / mean |x_(t+1) − x_t| over {of} (all real test "
+                          f"cines: {real_jerk:.3f}); higher = frame-to-frame flicker"}
         out[name] = m
     out["timings_s"] = timings
     return out

@@ -111,7 +111,7 @@ def area_curves_png(curves: dict[str, np.ndarray], subjects: list[str], k: int) 
     fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 2.6), squeeze=False)
     for i, ax in enumerate(axes[0]):
         for name, style in (("real", "k-"), ("generated", "C0-"), ("shuffled_ecg", "C3--"), ("template_only", "C7:")):
-            if name in curves:
+            if name in curves and i < len(curves[name]):  # a baseline may cover the first subjects only
                 ax.plot(curves[name][i] / 100, style, lw=1.2, label=SOURCE_LABELS.get(name, name))
         ax.set_title(subjects[i], fontsize=9)
         ax.set_xlabel("frame (0 = R-peak)", fontsize=8)
@@ -148,7 +148,7 @@ def cine_grid(cines: dict[str, np.ndarray], index: int, ecg: np.ndarray, order: 
     H.264 MP4 (``suffix`` ".mp4"; a 6-panel GIF would be ~20 MB) or a PNG still of frame 0 (".png")."""
     from ecgflowcmr.viz.render import render_cine_video
 
-    names = [n for n in order if n in cines]
+    names = [n for n in order if n in cines and index < len(cines[n])]  # baselines: maybe the first only
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"grid{suffix}"
         render_cine_video([cines[n][index] for n in names], path, ecg_signal=np.asarray(ecg, dtype=np.float32),
