@@ -89,6 +89,24 @@ def test_time_is_circular(attention, factorise_time):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("factorise_time", [False, True])
+def test_cpu_inference_path_equals_the_batched_3d_convolution(factorise_time):
+    """encode_latent / decode_latent on CPU (one video at a time, batch-1 convolutions over stacked frames:
+    speed only) give what the batched Conv3d path gives (taken here with gradients on), within round-off."""
+    model = small(temporal_kernel=(3, 5), factorise_time=factorise_time).eval()
+    x = clip(3)
+    with torch.enable_grad():
+        z_ref = (model.encode(x)[0] * model.latent_scale).detach()
+        x_ref = model.decode(z_ref / model.latent_scale).clamp(-1, 1).detach()
+    torch.testing.assert_close(model.encode_latent(x), z_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.decode_latent(z_ref), x_ref, atol=1e-5, rtol=1e-5)
+    conv = PeriodicConv3d(3, 4, kt=3, stride=2)
+    wrapped = torch.randn(2, 3, 7 + 2, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(conv.forward_stacked(wrapped), torch.nn.Conv3d.forward(conv, wrapped),
+                                   atol=1e-5, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------------
 # Loss
 # --------------------------------------------------------------------------------------------------

@@ -125,7 +125,13 @@ class VAEConfig:
 
 
 class PeriodicConv3d(nn.Conv3d):
-    """Conv3d with kernel (kt, 3, 3): circular padding in time (the cardiac cycle), zeros in space."""
+    """Conv3d with kernel (kt, 3, 3): circular padding in time (the cardiac cycle), zeros in space.
+
+    One video (batch 1) without gradients on CPU, kt > 1: a 2-D convolution of the kt neighbouring frames
+    stacked along the channels (the same sums in another order, within float round-off). PyTorch sends
+    batch-1 3-D convolutions to its ``slow_conv3d`` kernel, ~10× slower at the 12² latent scale; the VAE
+    decodes one video at a time on CPU (``decode_latent``), so this is its path there.
+    """
 
     def __init__(self, cin: int, cout: int, kt: int = 3, k: int = 3, stride: int = 1):
         super().__init__(cin, cout, (kt, k, k), stride=(1, stride, stride), padding=(0, k // 2, k // 2))
@@ -134,7 +140,19 @@ class PeriodicConv3d(nn.Conv3d):
     def forward(self, x: Tensor) -> Tensor:
         if self.pad_t:
             x = torch.cat([x[:, :, -self.pad_t :], x, x[:, :, : self.pad_t]], dim=2)  # wrap T
+            if x.shape[0] == 1 and x.device.type == "cpu" and not torch.is_grad_enabled():
+                return self.forward_stacked(x)
         return super().forward(x)
+
+    def forward_stacked(self, x: Tensor) -> Tensor:
+        """x (B, C, T + kt − 1, H, W), already wrapped → (B, C', T, H', W'), as ``Conv3d.forward``."""
+        kt = self.kernel_size[0]
+        b, c, t = x.shape[0], x.shape[1], x.shape[2] - kt + 1
+        frames = x.transpose(1, 2)  # (B, T + kt − 1, C, H, W)
+        stack = torch.cat([frames[:, i : i + t] for i in range(kt)], dim=2).flatten(0, 1)  # (B·T, kt·C, H, W)
+        weight = self.weight.transpose(1, 2).reshape(self.out_channels, kt * c, *self.kernel_size[1:])
+        y = F.conv2d(stack, weight, self.bias, self.stride[1:], self.padding[1:])  # (B·T, C', H', W')
+        return y.view(b, t, *y.shape[1:]).transpose(1, 2)
 
 
 def video_conv(cin: int, cout: int, kt: int, factorise_time: bool, stride: int = 1) -> nn.Module:
@@ -285,6 +303,13 @@ class Adversary(Protocol):
         ...
 
 
+def one_at_a_time_on_cpu(x: Tensor) -> tuple[Tensor, ...]:
+    """The batch split into single videos on CPU (whole on other devices). A batch of 8 cines at 96² leaves
+    the cache: decoding measured ~2× slower per cine than one by one, and each video's result no longer
+    depends on its batch (``PeriodicConv3d`` then takes its batch-1 path)."""
+    return x.split(1) if x.device.type == "cpu" and len(x) > 1 else (x,)
+
+
 def kl_divergence(mean: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(μ, σ²) ‖ N(0, 1)) summed over all but the batch dim: ``½ Σ (μ² + σ² − 1 − log σ²)`` → (B,)."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
@@ -317,13 +342,15 @@ class VideoVAE(nn.Module):
 
     @torch.no_grad()
     def encode_latent(self, x: Tensor) -> Tensor:
-        """x (B, 1, T, H, W) in [-1, 1] → posterior mean × latent_scale (B, C, T, h, w), ~unit variance."""
-        return self.encode(x)[0] * self.latent_scale
+        """x (B, 1, T, H, W) in [-1, 1] → posterior mean × latent_scale (B, C, T, h, w), ~unit variance.
+        On CPU one video at a time (``one_at_a_time_on_cpu``)."""
+        return torch.cat([self.encode(v)[0] * self.latent_scale for v in one_at_a_time_on_cpu(x)])
 
     @torch.no_grad()
     def decode_latent(self, z: Tensor) -> Tensor:
-        """Scaled latent z (B, C, T, h, w) → cine (B, 1, T, H, W) clamped to [-1, 1]."""
-        return self.decode(z / self.latent_scale).clamp(-1.0, 1.0)
+        """Scaled latent z (B, C, T, h, w) → cine (B, 1, T, H, W) clamped to [-1, 1]. On CPU one video at a
+        time (``one_at_a_time_on_cpu``)."""
+        return torch.cat([self.decode(v / self.latent_scale).clamp(-1.0, 1.0) for v in one_at_a_time_on_cpu(z)])
 
     # ---- training ----------------------------------------------------------------------------------
 
