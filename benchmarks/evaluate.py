@@ -36,7 +36,7 @@ FRAMES = 50
 
 def synthesise_store(out: Path, n_test: int, n_train: int, seed: int = 2) -> Path:
     """A phantom store with ≥ n_test test and ≥ n_train training subjects (splits are drawn at random, so
-    the cohort is 10 % larger than their sum; ``evaluate --max-test/--max-train`` take the first ones)."""
+    the cohort is 15 % larger than their sum; ``evaluate --max-test/--max-train`` take the first ones)."""
     from ecgflowcmr.phantom import make_cohort
     from ecgflowcmr.phantom.config import PhantomConfig
     from ecgflowcmr.store.prepared import prepare
@@ -50,7 +50,7 @@ def synthesise_store(out: Path, n_test: int, n_train: int, seed: int = 2) -> Pat
     cohort = out / "cohort"
     if not (cohort / "manifest.csv").exists():
         t = time.perf_counter()
-        make_cohort(cohort, n=math.ceil(1.1 * total) + 20, seed=seed, workers=os.cpu_count() or 1,
+        make_cohort(cohort, n=math.ceil(1.15 * total) + 20, seed=seed, workers=os.cpu_count() or 1,
                     config=PhantomConfig(ecg_only_fraction=0.0, split_fractions=fractions))
         print(f"phantom cohort: {time.perf_counter() - t:.0f} s", flush=True)
     t = time.perf_counter()
