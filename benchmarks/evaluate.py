@@ -163,6 +163,7 @@ def main() -> None:
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True)
     wall = time.perf_counter() - start
+    torch.set_num_threads(max(torch.get_num_threads(), args.nproc))  # the peak of all the cores the ranks use
     peak = matmul_gflops()
     metrics = json.loads((evaluation / "metrics.json").read_text())
     seg_dir = args.segmenter or evaluation / "segmenter"
