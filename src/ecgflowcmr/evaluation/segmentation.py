@@ -123,7 +123,7 @@ class Segmenter:
     Inference runs in channels-last layout (NHWC: ~1.5× faster convolutions on CPU than NCHW here) on
     batches of ``BATCH_FRAMES`` frames (they stay in cache: 16- to 200-frame batches were 1.3–1.6× slower per
     frame). Labels and areas equal the NCHW network's (checked on real and generated cines, docs/evaluation.md
-    §6); the weights keep their values, only their memory layout changes.
+    §5); the weights keep their values, only their memory layout changes.
     """
 
     BATCH_FRAMES = 8
