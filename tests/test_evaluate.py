@@ -52,7 +52,8 @@ def test_every_number_has_a_definition(evaluated: Path) -> None:
     assert q["generated"]["fid_inception"] == {"unavailable": "disabled (--fid-frames 0)"}
     assert "value" in q["real_floor"]["psnr_db"] and "value" in q["retrieval"]["ssim"]
     assert instrument["realism"]["fid_cmr_real_floor"]["value"] >= 0
-    assert set(metrics["headline"]) >= {"lv_fac_spearman_generated", "diagnosis_chance"}
+    assert set(metrics["headline"]) >= {"lv_fac_spearman_generated", "diagnosis_chance",
+                                       "diagnosis_real_trained_on_vae_reconstruction"}
     with open(evaluated / "metrics.csv", newline="") as fh:
         table = list(csv.reader(fh))
     assert table[0] == ["section", "metric", "value", "definition"] and len(table) == len(rows) + 1
