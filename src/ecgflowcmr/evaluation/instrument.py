@@ -428,7 +428,7 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
     template = decode_template(pipe)
     feats_train, feats_test = ecg_features(pipe, train.ecgs), ecg_features(pipe, test.ecgs)
     nearest = nearest_by_cosine(*_standardised(feats_test, feats_train))
-    cines["retrieval"] = train.cines01[nearest]
+    cines["retrieval"] = train.cines01[nearest[:nb]]  # Table 1's baseline (first nb); the instrument reads all
     lap("baselines_s")
 
     read_real_train = once(("read", "train", len(train.cines01)), lambda: read_cines(segmenter, train.cines01))
