@@ -239,9 +239,14 @@ def real_vs_generated_auc(real: np.ndarray, generated: np.ndarray, folds: int = 
 
 def sharpness(cines01: np.ndarray) -> float:
     """Mean in-plane gradient magnitude |∇x| (forward differences, [0, 1] per pixel) over all frames."""
-    x = np.asarray(cines01, dtype=np.float32)
-    gy, gx = np.diff(x, axis=-2)[..., :, :-1], np.diff(x, axis=-1)[..., :-1, :]
-    return float(np.sqrt(gy**2 + gx**2).mean())
+    from ecgflowcmr.evaluation.quality import chunk_mean
+
+    def per_item(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        gy, gx = np.diff(x, axis=-2)[..., :, :-1], np.diff(x, axis=-1)[..., :-1, :]
+        return np.sqrt(gy**2 + gx**2).reshape(len(x), -1).mean(1)  # (items,)
+
+    return chunk_mean(per_item, cines01)
 
 
 def identification(generated: dict[str, np.ndarray], real: dict[str, np.ndarray]) -> float:

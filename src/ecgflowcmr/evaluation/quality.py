@@ -47,25 +47,47 @@ def fid_frame_indices(frames: int, per_cine: int) -> np.ndarray:
     return (np.arange(per_cine) * frames // per_cine).astype(int)
 
 
+CHUNK = 32
+"""Cines per chunk of the whole-set means below: their temporaries (float64 PSNR, SSIM maps, rolled copies)
+stay at a chunk's size instead of the set's (1,000 test cines of 50 × 96² made ~20 GB of them)."""
+
+
+def chunk_mean(fn: Any, *arrays: np.ndarray) -> float:
+    """Mean over items of the per-item values ``fn(*chunks)`` → (items,), computed ``CHUNK`` items at a time."""
+    n = len(arrays[0])
+    values = [np.asarray(fn(*(a[i:i + CHUNK] for a in arrays)), dtype=np.float64) for i in range(0, n, CHUNK)]
+    return float(np.concatenate(values).mean())
+
+
+def _abs_change(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return np.abs(np.roll(x, -1, axis=1) - x).reshape(len(x), -1).mean(1)  # (items,)
+
+
+def _abs_second_difference(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return np.abs(np.roll(x, -1, axis=1) - 2 * x + np.roll(x, 1, axis=1)).reshape(len(x), -1).mean(1)  # (items,)
+
+
 def temporal_change(cines01: np.ndarray) -> float:
     """Mean |x_{t+1} − x_t| over pixels, frames (circular: the last frame neighbours the first) and cines."""
-    x = np.asarray(cines01, dtype=np.float32)
-    return float(np.abs(np.roll(x, -1, axis=1) - x).mean())
+    return chunk_mean(_abs_change, cines01)
 
 
 def temporal_jerk(cines01: np.ndarray) -> float:
     """Mean |x_{t+1} − 2x_t + x_{t−1}| over mean |x_{t+1} − x_t| (circular): 0 for uniform motion."""
-    x = np.asarray(cines01, dtype=np.float32)
-    second = np.abs(np.roll(x, -1, axis=1) - 2 * x + np.roll(x, 1, axis=1)).mean()
-    first = temporal_change(x)
-    return float(second / first) if first > 0 else 0.0
+    first = temporal_change(cines01)
+    return chunk_mean(_abs_second_difference, cines01) / first if first > 0 else 0.0
 
 
 def _paired(real: np.ndarray, other: np.ndarray) -> dict[str, float]:
     from ecgflowcmr.models.image_metrics import psnr, ssim
 
-    a, b = torch.from_numpy(np.asarray(other, dtype=np.float32)), torch.from_numpy(np.asarray(real, dtype=np.float32))
-    return {"psnr_db": float(psnr(a, b).mean()), "ssim": float(ssim(a, b).mean())}
+    def tensors(fn: Any) -> Any:
+        return lambda r, o: fn(torch.from_numpy(np.asarray(o, dtype=np.float32)),
+                               torch.from_numpy(np.asarray(r, dtype=np.float32))).double().numpy()
+
+    return {"psnr_db": chunk_mean(tensors(psnr), real, other), "ssim": chunk_mean(tensors(ssim), real, other)}
 
 
 def quality_metrics(real_test: np.ndarray, sources: dict[str, np.ndarray], real_train: np.ndarray, *,
