@@ -57,3 +57,18 @@ def test_fvd_with_an_i3d_and_its_floor(tmp_path) -> None:
     assert out["copy"]["fvd_i3d"]["value"] == pytest.approx(0, abs=1e-6)
     assert out["real_floor"]["fvd_i3d"]["value"] > 0
     assert "random weights (test)" in out["copy"]["fvd_i3d"]["definition"]
+
+
+def test_chunked_means_equal_the_whole_set_formulas() -> None:
+    """The measures run over chunks of cines (bounded memory at 1,000 subjects); more items than one chunk
+    must give the whole-set formula's value."""
+    from ecgflowcmr.evaluation.instrument import sharpness
+    from ecgflowcmr.evaluation.quality import CHUNK
+
+    x = np.random.default_rng(0).random((CHUNK * 2 + 5, 6, 12, 12), dtype=np.float32)
+    change = np.abs(np.roll(x, -1, axis=1) - x).mean()
+    second = np.abs(np.roll(x, -1, axis=1) - 2 * x + np.roll(x, 1, axis=1)).mean()
+    gy, gx = np.diff(x, axis=-2)[..., :, :-1], np.diff(x, axis=-1)[..., :-1, :]
+    assert temporal_change(x) == pytest.approx(change, rel=1e-6)
+    assert temporal_jerk(x) == pytest.approx(second / change, rel=1e-6)
+    assert sharpness(x) == pytest.approx(np.sqrt(gy**2 + gx**2).mean(), rel=1e-6)
