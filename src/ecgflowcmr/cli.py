@@ -101,7 +101,8 @@ def _cmd_downstream(args: argparse.Namespace) -> None:
                        ablations=ablations, config=args.config, sets=args.set, batch_size=args.batch_size)
     print("wrote " + ", ".join(str(f) for f in files[:3]) + f" and {len(files) - 3} plot(s)")
 
-def max_baseline(args: argparse.Namespace) -> int | None:
+
+def _max_baseline(args: argparse.Namespace) -> int | None:
     """``--max-baseline N|all`` → N, None for ``all``, the evaluation's default when not given."""
     from ecgflowcmr.evaluation.instrument import DEFAULT_MAX_BASELINE
 
@@ -125,7 +126,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                 raise InputError(flag, "not with --sweep: the SPEC names the runs, seeds and sampler settings")
         path = sweep(args.sweep, args.data, args.out, weights=args.weights, segmenter=args.segmenter,
                      seg_config=args.seg_config, batch_size=args.batch_size, max_test=args.max_test,
-                     max_train=args.max_train, fid_frames=args.fid_frames, max_baseline=max_baseline(args))
+                     max_train=args.max_train, fid_frames=args.fid_frames, max_baseline=_max_baseline(args))
         print(f"wrote {path} (and metrics.csv, report.html beside it)")
         return
     from ecgflowcmr.commands.evaluate import evaluate
@@ -135,7 +136,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     path = evaluate(args.model, args.data, args.out, weights=args.weights, segmenter=args.segmenter,
                     seg_config=args.seg_config, seed=args.seed or 0, steps=args.steps, batch_size=args.batch_size,
                     max_test=args.max_test, max_train=args.max_train, fid_frames=args.fid_frames,
-                    turing=args.turing, downstream=args.downstream, max_baseline=max_baseline(args))
+                    turing=args.turing, downstream=args.downstream, max_baseline=_max_baseline(args))
     print(f"wrote {path} (and metrics.csv, report.html beside it)")
 
 

@@ -45,6 +45,7 @@ import numpy as np
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.evaluation.conditioning import PEAK_LEVEL, peak_centre, swap_partners, timing_metrics
 from ecgflowcmr.evaluation.frechet import frechet_between
+from ecgflowcmr.evaluation.quality import chunk_mean
 from ecgflowcmr.evaluation.segmentation import CLASSES, Segmenter
 
 CHAMBERS = CLASSES[1:]
@@ -239,8 +240,6 @@ def real_vs_generated_auc(real: np.ndarray, generated: np.ndarray, folds: int = 
 
 def sharpness(cines01: np.ndarray) -> float:
     """Mean in-plane gradient magnitude |∇x| (forward differences, [0, 1] per pixel) over all frames."""
-    from ecgflowcmr.evaluation.quality import chunk_mean
-
     def per_item(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         gy, gx = np.diff(x, axis=-2)[..., :, :-1], np.diff(x, axis=-1)[..., :-1, :]
