@@ -19,6 +19,7 @@ from ecgflowcmr.evaluation.stage_metrics import flow_metrics
 from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
 from ecgflowcmr.flow.sampler import sample
 from ecgflowcmr.models.dit import DiTConfig
+from ecgflowcmr.models.unet import UNetConfig
 from ecgflowcmr.store import latents
 
 SMALL = DiTConfig(latent_channels=2, frames=6, latent_size=4, cond_dim=8, width=32, depth=1, heads=2)
@@ -298,7 +299,8 @@ def test_a_few_training_steps_reduce_the_loss() -> None:
     assert held_out_loss() < 0.7 * before
 
 
-def test_a_flow_trained_on_two_latents_reproduces_them_by_sampling() -> None:
+@pytest.mark.parametrize("network", ["dit", "unet"])
+def test_a_flow_trained_on_two_latents_reproduces_them_by_sampling(network: str) -> None:
     """Plumbing end to end (objective → network → sampler): two conditions, each paired with one fixed latent.
     A flow that memorised them must carry any noisy template to the right latent, for every noise draw."""
     torch.manual_seed(0)
@@ -306,7 +308,9 @@ def test_a_flow_trained_on_two_latents_reproduces_them_by_sampling() -> None:
     targets = torch.randn(2, *SHAPE, generator=g)  # (2, C, T, H', W')
     template = targets.mean(0)
     cond = torch.randn(2, 6, 8, generator=g)
-    flow = FlowMatching(FlowConfig(dit=dataclasses.replace(SMALL, width=64), alpha=0.5, cond_dropout=0.0), template)
+    config = FlowConfig(dit=dataclasses.replace(SMALL, width=64), network=network,
+                        unet=UNetConfig(width=8, multipliers=(1, 2), heads=2), alpha=0.5, cond_dropout=0.0)
+    flow = FlowMatching(config, template)
     opt = torch.optim.AdamW(flow.parameters(), lr=3e-3, weight_decay=0.0)
     for _ in range(150):
         loss, _ = flow({"z1": targets.repeat(4, 1, 1, 1, 1), "cond": cond.repeat(4, 1, 1)})

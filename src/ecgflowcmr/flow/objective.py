@@ -43,12 +43,18 @@ from torch import Tensor, nn
 from ecgflowcmr.errors import ConfigError
 from ecgflowcmr.flow.prior import LinearPrior
 from ecgflowcmr.models.dit import DiT, DiTConfig
+from ecgflowcmr.models.unet import UNetConfig, VelocityUNet
 
 
 @dataclass
 class FlowConfig:
     dit: DiTConfig = field(default_factory=DiTConfig)
-    """The velocity network."""
+    """The velocity network (the paper's DiT); its latent-shape fields (latent_channels, frames, latent_size,
+    cond_dim) describe the latent and the ECG for either network and are set from the upstream runs."""
+    network: Literal["dit", "unet"] = "dit"
+    """'dit' (paper) or 'unet': a convolutional (2+1)-D U-Net (``models.unet``) with the same contract."""
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    """Sizes of the U-Net (used with network = 'unet')."""
     alpha: float = 1.0
     """α of Eq. 4: noise scale around the template; one value for training and sampling (paper: 1.0 best)."""
     use_template: bool = True
@@ -141,7 +147,8 @@ class FlowMatching(nn.Module):
         """``cond_stats``: (μ, σ) each (T, D_ecg) when ``standardise_condition`` (None: 0 and 1 until loaded)."""
         super().__init__()
         self.config = config
-        self.dit = DiT(config.dit)
+        # ``dit`` holds whichever velocity network (the name keeps saved DiT weights' keys)
+        self.dit = DiT(config.dit) if config.network == "dit" else VelocityUNet(config.unet, config.dit)
         if config.standardise_condition:
             shape = (config.dit.frames, config.dit.cond_dim)
             mean, std = cond_stats if cond_stats is not None else (torch.zeros(shape), torch.ones(shape))
