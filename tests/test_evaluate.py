@@ -92,6 +92,54 @@ def test_report_renders_in_chromium(evaluated: Path, tmp_path: Path) -> None:
     assert all(c.endswith("true") for c in checks), checks
 
 
+def _evaluate_rank(rank: int, world: int, port: int, demo: Path, out: Path) -> None:
+    """One of ``world`` processes with the environment torchrun would give it (one thread each): ``evaluate`` on
+    the quick demo's held-out store with its segmenter."""
+    import os
+
+    import torch
+
+    from ecgflowcmr.commands.evaluate import evaluate
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    path = evaluate(demo / "flow", demo / "heldout_store", out, segmenter=demo / "evaluation" / "segmenter",
+                    seg_config="tiny", max_test=6, max_train=4, batch_size=2, max_baseline=3, fid_frames=0, examples=1)
+    (out.parent / f"{out.name}-rank{rank}.json").write_text(json.dumps(str(path) if path else None))
+
+
+def _run_ranks(world: int, demo: Path, out: Path) -> None:
+    import multiprocessing
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ranks = [multiprocessing.get_context("fork").Process(target=_evaluate_rank, args=(r, world, port, demo, out))
+             for r in range(world)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+
+
+def test_two_gloo_ranks_give_the_single_process_metrics(evaluated: Path, tmp_path: Path) -> None:
+    """Sharded (each rank generates, reconstructs and segments its block, rank 0 scores and writes) = one process,
+    number for number: the blocks are whole batches, so every batch is one the single process runs."""
+    demo = evaluated.parent
+    _run_ranks(1, demo, tmp_path / "one")
+    _run_ranks(2, demo, tmp_path / "two")
+    assert json.loads((tmp_path / "two-rank1.json").read_text()) is None  # rank 1 wrote nothing
+    one, two = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two"))
+    assert one["instrument"]["subjects"]["test"] == 6 and one["instrument"]["subjects"]["baseline"] == 3
+    for metrics in (one, two):
+        del metrics["speed"]
+    assert two == one
+    assert (tmp_path / "two" / "report.html").exists()
+
+
 def test_bad_inputs_exit_2(evaluated: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bundle = evaluated.parent / "flow"
     store = evaluated.parent / "store"

@@ -89,38 +89,53 @@ def test_sharpness_falls_with_blur() -> None:
 def _shard_worker(rank: int, init: str, out: str) -> None:
     import torch.distributed as dist
 
-    from ecgflowcmr.evaluation.instrument import shard_map
+    from ecgflowcmr.evaluation.sharding import StoreRows, shard_map
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     items = np.arange(7.0)[:, None] * np.ones((1, 3))
     computed: list[float] = []
+    read: list[int] = []
 
     def fn(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         computed.extend(x[:, 0].tolist())
         return x * 10, x[:, :1]
 
+    def convert(rows: np.ndarray) -> np.ndarray:
+        read.extend(rows[:, 0].astype(int).tolist())
+        return rows.astype(np.float32) / 2
+
     seen = shard_map(fn, items)
     single = shard_map(lambda x: x.sum(axis=1), items)
-    np.save(f"{out}-{rank}.npy", np.concatenate([seen[0].ravel(), seen[1].ravel(), single]))
+    aligned = shard_map(lambda x: x.astype(np.int64), StoreRows(np.arange(10).repeat(2).reshape(10, 2), convert), align=4)
+    if rank == 0:
+        np.save(f"{out}-0.npy", np.concatenate([seen[0].ravel(), seen[1].ravel(), single, aligned.ravel()]))
+    else:
+        assert seen is None and single is None and aligned is None
     np.save(f"{out}-{rank}-computed.npy", np.array(computed))
+    np.save(f"{out}-{rank}-read.npy", np.array(read))
     dist.destroy_process_group()
 
 
-def test_shard_map_gathers_every_rank_in_item_order(tmp_path) -> None:
+def test_shard_map_gathers_the_ranks_blocks_on_rank_0(tmp_path) -> None:
     import torch.multiprocessing as mp
 
-    from ecgflowcmr.evaluation.instrument import shard_map
+    from ecgflowcmr.evaluation.sharding import block, shard_map
 
     items = np.arange(7.0)[:, None] * np.ones((1, 3))
-    expected = np.concatenate([(items * 10).ravel(), items[:, :1].ravel(), items.sum(axis=1)])
+    expected = np.concatenate([(items * 10).ravel(), items[:, :1].ravel(), items.sum(axis=1),
+                               (np.arange(10).repeat(2) // 2)])
     alone = shard_map(lambda x: (x * 10, x[:, :1]), items)  # no process group: a plain call
     np.testing.assert_array_equal(np.concatenate([alone[0].ravel(), alone[1].ravel()]), expected[:28])
+    assert [block(10, 4, r, 2) for r in range(2)] == [slice(0, 4), slice(4, 10)]  # whole units of 4: 1 + 2
+    assert [block(2, 4, r, 2) for r in range(2)] == [slice(0, 0), slice(0, 2)]
     init = f"file://{tmp_path / 'rendezvous'}"
     mp.spawn(_shard_worker, args=(init, str(tmp_path / "out")), nprocs=2, join=True)
-    for rank in range(2):
-        np.testing.assert_array_equal(np.load(tmp_path / f"out-{rank}.npy"), expected)
-        # rank r computed items r, r + 2, …: each item once over the ranks
-        np.testing.assert_array_equal(np.load(tmp_path / f"out-{rank}-computed.npy"), np.arange(rank, 7, 2))
+    np.testing.assert_array_equal(np.load(tmp_path / "out-0.npy"), expected)  # rank 0 holds the whole
+    # rank r computed its block of items, each item once over the ranks; it read only its block of the rows
+    np.testing.assert_array_equal(np.load(tmp_path / "out-0-computed.npy"), [0, 1, 2])
+    np.testing.assert_array_equal(np.load(tmp_path / "out-1-computed.npy"), [3, 4, 5, 6])
+    np.testing.assert_array_equal(np.load(tmp_path / "out-0-read.npy"), [0, 1, 2, 3])
+    np.testing.assert_array_equal(np.load(tmp_path / "out-1-read.npy"), [4, 5, 6, 7, 8, 9])
 
 
 def test_an_untrained_segmenter_is_flagged(tmp_path) -> None:

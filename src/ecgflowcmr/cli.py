@@ -137,7 +137,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                     seg_config=args.seg_config, seed=args.seed or 0, steps=args.steps, batch_size=args.batch_size,
                     max_test=args.max_test, max_train=args.max_train, fid_frames=args.fid_frames,
                     turing=args.turing, downstream=args.downstream, max_baseline=_max_baseline(args))
-    print(f"wrote {path} (and metrics.csv, report.html beside it)")
+    if path is not None:  # rank 0 wrote it
+        print(f"wrote {path} (and metrics.csv, report.html beside it)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

@@ -4,8 +4,10 @@ report.html.
 Steps: the segmenter (``--segmenter DIR``, else ``OUT/segmenter`` from an earlier run, else trained now on
 the store's real training cines and saved there) → the instrument (generation with each subject's own noise,
 baselines, chamber measures, agreement, diagnosis, timing, in-domain realism) → Table 1 quality metrics for
-the generated cines and each baseline, with the real-vs-real floor → the files. Under ``torchrun`` the
-generation and segmentation are sharded across ranks (gloo on CPU) and rank 0 writes the outputs.
+the generated cines and each baseline, with the real-vs-real floor → the files. Under ``torchrun`` each rank
+generates, reconstructs and segments its block of the subjects (gloo on CPU), reading only that block of the
+store, and sends the results to rank 0, which scores them and writes the outputs alone; the other ranks
+return once their share is sent.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
              steps: int | None = None, batch_size: int = 8, max_test: int | None = None,
              max_train: int | None = None, fid_frames: int = 5, examples: int = 4,
              turing: str | Path | None = None, downstream: str | Path | None = None,
-             max_baseline: int | None = DEFAULT_MAX_BASELINE) -> Path:
-    """Evaluate ``model`` on ``data`` into ``out`` (see the module docstring); returns ``out/metrics.json``.
+             max_baseline: int | None = DEFAULT_MAX_BASELINE) -> Path | None:
+    """Evaluate ``model`` on ``data`` into ``out`` (see the module docstring); returns ``out/metrics.json`` (None
+    on the ranks other than 0 under torchrun).
     ``max_baseline``: the floors and baselines are measured on the first min(test, max_baseline) test
     subjects (None: all), the generated cines on all of them (``measure_instrument``);
     ``turing``: a Turing study folder (``ecgflowcmr turing create``) whose scores join the report;
@@ -54,8 +57,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
     measured = measure_model(pipe, model, data, seg, scorers, seed=seed, steps=steps, batch_size=batch_size,
                              max_test=max_test, max_train=max_train, fid_frames=fid_frames,
                              extra_timings={"segmenter_training_s": seg_seconds}, max_baseline=max_baseline)
-    if measured is None:  # not rank 0
-        return out / "metrics.json"
+    if measured is None:  # not rank 0: its share is with rank 0
+        return None
     metrics, result = measured
     metrics["speed"]["timings_s"]["before_report_s"] = time.perf_counter() - start
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
@@ -64,7 +67,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
         from ecgflowcmr.turing import report_section
 
         turing_markdown = report_section(turing) or f"The study {turing} has no answers yet."
-    test = Cohort.from_store(data, "test", max_test)
+    test = Cohort.from_store(data, "test", max_test, lazy=True)  # the report reads a few ECGs, no cines
     write_report(out, metrics, result, test.ecgs, test.subject_ids, n_examples=examples,
                  turing_markdown=turing_markdown, downstream=downstream_section)
     return out / "metrics.json"
@@ -156,7 +159,7 @@ def measure_model(pipe: Any, model: str | Path, data: str | Path, seg: Any, scor
 
     result = measure_instrument(pipe, data, seg, seed=seed, steps=steps, batch_size=batch_size,
                                 max_test=max_test, max_train=max_train, shared=shared, max_baseline=max_baseline)
-    if scorers is None:
+    if result is None or scorers is None:  # not rank 0: its share of the work is with rank 0
         return None
     t = time.perf_counter()
     n_test = len(result.cines["real"])

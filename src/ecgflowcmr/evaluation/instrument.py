@@ -35,18 +35,22 @@ classifier's AUC, each beside its real-vs-real floor.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ecgflowcmr.canonical import N_FRAMES
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.evaluation.conditioning import PEAK_LEVEL, peak_centre, swap_partners, timing_metrics
 from ecgflowcmr.evaluation.frechet import frechet_between
 from ecgflowcmr.evaluation.quality import chunk_mean
 from ecgflowcmr.evaluation.segmentation import CLASSES, Segmenter
+from ecgflowcmr.evaluation.sharding import StoreRows, process_rank, shard_map
 
 CHAMBERS = CLASSES[1:]
 MIN_DICE = 0.7
@@ -70,6 +74,10 @@ SOURCES: dict[str, str] = {
     "template_only": "the decoded template latent: no ECG, the same cine for every subject (floor)",
     "constant": "the training mean of the real measure for every subject (floor)",
 }
+ECG_BATCH = 32
+"""ECGs per batch of the frozen PA-MAE features (``ecg_features``)."""
+VAE_BATCH = 4
+"""Real cines per batch of the VAE reconstruction (``vae_reconstruct``)."""
 DEFAULT_MAX_BASELINE = 200
 """Test subjects the costly references (shuffled ECG, VAE reconstruction, Table 1's baselines and real-vs-real
 floor) are measured on by default: a floor needs a few hundred subjects, not all of a 1,000-subject test set."""
@@ -144,35 +152,35 @@ class Readout:
         return np.concatenate([self.video_features(), logs, measures], axis=1)
 
 
-def read_cines(segmenter: Segmenter, cines01: np.ndarray) -> Readout:
-    """Cines (N, T, H, W) in [0, 1] → :class:`Readout` (sharded across ranks under torchrun)."""
-    areas, feats = shard_map(segmenter.analyse, cines01)
-    return Readout(areas, feats)
+def read_cines(segmenter: Segmenter, cines01: np.ndarray | StoreRows) -> Readout | None:
+    """Cines (N, T, H, W) in [0, 1] → :class:`Readout` on rank 0, None on the other ranks (sharded under
+    torchrun: each rank reads only its block)."""
+    _, readout = produce_and_read(segmenter, lambda x: x, cines01, keep=False)
+    return readout
 
 
-def shard_map(fn: Any, *arrays: np.ndarray) -> Any:
-    """``fn(*arrays)`` over items (first axis); under an initialised process group (torchrun) rank r takes
-    items r, r + W, … and every rank gets the whole result back, in item order. ``fn`` returns an array or
-    a tuple of arrays with the items first."""
-    import torch.distributed as dist
+def produce_and_read(segmenter: Segmenter, produce: Callable[..., np.ndarray], *inputs: Any, align: int = 1,
+                     keep: bool = True, seconds: list[float] | None = None
+                     ) -> tuple[np.ndarray | None, Readout | None]:
+    """``produce(*inputs)`` → cines (N, T, H, W) in [0, 1], read by the segmenter in the same pass: (the cines
+    when ``keep``, else None; their :class:`Readout`) on rank 0, (None, None) on the other ranks. Under torchrun
+    each rank produces and reads only its block of whole ``align``-item batches (``shard_map``) and sends the
+    result to rank 0; ``seconds[0]`` adds up this rank's time in the segmenter."""
+    frames = segmenter.BATCH_FRAMES
+    align = math.lcm(align, frames // math.gcd(N_FRAMES, frames))  # the segmenter's frame batches align too
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return fn(*arrays)
-    rank, world, n = dist.get_rank(), dist.get_world_size(), len(arrays[0])
-    mine = np.arange(rank, n, world)
-    part = fn(*(a[mine] for a in arrays)) if len(mine) else None
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, (mine, part))
-    done = [(idx, p if isinstance(p, tuple) else (p,)) for idx, p in gathered if p is not None]
-    is_tuple = isinstance(next(p for _, p in gathered if p is not None), tuple)
-    outs = []
-    for k in range(len(done[0][1])):
-        first = done[0][1][k]
-        full = np.empty((n, *first.shape[1:]), dtype=first.dtype)
-        for idx, p in done:
-            full[idx] = p[k]
-        outs.append(full)
-    return tuple(outs) if is_tuple else outs[0]
+    def work(*parts: np.ndarray) -> tuple[np.ndarray, ...]:
+        cines = produce(*parts)
+        start = time.perf_counter()
+        areas, feats = segmenter.analyse(cines)
+        if seconds is not None:
+            seconds[0] += time.perf_counter() - start
+        return (cines, areas, feats) if keep else (areas, feats)
+
+    out = shard_map(work, *inputs, align=align)
+    if out is None:
+        return None, None
+    return (out[0] if keep else None), Readout(*out[-2:])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,7 +275,7 @@ def identification(generated: dict[str, np.ndarray], real: dict[str, np.ndarray]
 # --------------------------------------------------------------------------------------------------
 
 
-def ecg_features(pipe: Any, ecgs: np.ndarray, batch_size: int = 32, bins: int = 5) -> np.ndarray:
+def ecg_features(pipe: Any, ecgs: np.ndarray, batch_size: int = ECG_BATCH, bins: int = 5) -> np.ndarray:
     """Frozen PA-MAE features (N, D·(1 + bins)): the mean of all tokens and the cycle-aligned tokens
     averaged in ``bins`` equal stretches of the cycle (so timing within the beat survives pooling)."""
     import torch
@@ -284,23 +292,21 @@ def ecg_features(pipe: Any, ecgs: np.ndarray, batch_size: int = 32, bins: int = 
     return np.concatenate(out)
 
 
-def generate_cines(pipe: Any, ecgs: np.ndarray, seeds: list[int], batch_size: int = 8,
+def generate_cines(pipe: Any, ecgs: np.ndarray, seeds: np.ndarray, batch_size: int = 8,
                    steps: int | None = None) -> np.ndarray:
-    """(N, 12, 5000) mV with one noise seed per item → (N, 50, 96, 96) in [0, 1] (``Pipeline.generate_batch``;
-    an item's cine depends only on its ECG and seed, so batches and torchrun shards give the same cines)."""
+    """(N, 12, 5000) mV with one noise seed per item → (N, 50, 96, 96) in [0, 1] (``Pipeline.generate_batch`` in
+    batches of ``batch_size``; an item's cine depends only on its ECG, its seed and its batch, so torchrun
+    blocks of whole batches give the same cines)."""
     import torch
 
-    def run(x_all: np.ndarray, seed_all: np.ndarray) -> np.ndarray:
-        parts = []
-        for start in range(0, len(x_all), batch_size):
-            x = torch.from_numpy(np.asarray(x_all[start:start + batch_size], dtype=np.float32))
-            frames, valid = pipe.generate_batch(x, steps=steps, seed=[int(s) for s in seed_all[start:start + batch_size]])
-            if not valid.all():
-                raise InputError("ecg", f"{int((~valid).sum())} item(s): no usable cardiac cycle in the ECG")
-            parts.append(frames)
-        return np.concatenate(parts)
-
-    return shard_map(run, np.asarray(ecgs), np.asarray(seeds, dtype=np.int64))
+    parts = []
+    for start in range(0, len(ecgs), batch_size):
+        x = torch.from_numpy(np.asarray(ecgs[start:start + batch_size], dtype=np.float32))
+        frames, valid = pipe.generate_batch(x, steps=steps, seed=[int(s) for s in seeds[start:start + batch_size]])
+        if not valid.all():
+            raise InputError("ecg", f"{int((~valid).sum())} item(s): no usable cardiac cycle in the ECG")
+        parts.append(frames)
+    return np.concatenate(parts)
 
 
 def decode_template(pipe: Any) -> np.ndarray:
@@ -312,7 +318,7 @@ def decode_template(pipe: Any) -> np.ndarray:
     return ((video[:, 0].float().clamp(-1, 1) + 1) / 2).cpu().numpy()
 
 
-def vae_reconstruct(pipe: Any, cines01: np.ndarray, batch_size: int = 4) -> np.ndarray:
+def vae_reconstruct(pipe: Any, cines01: np.ndarray, batch_size: int = VAE_BATCH) -> np.ndarray:
     """Real cines (N, 50, 96, 96) in [0, 1] → through the VAE (posterior mean) → same shape, [0, 1]."""
     import torch
 
@@ -341,21 +347,35 @@ def nearest_by_cosine(query: np.ndarray, pool: np.ndarray) -> np.ndarray:
 class Cohort:
     """One split of a store, as the instrument uses it: cines in [0, 1], ECGs, ids and labels."""
 
-    cines01: np.ndarray
-    ecgs: np.ndarray
+    cines01: np.ndarray | StoreRows
+    ecgs: np.ndarray | StoreRows
     subject_ids: list[str]
     diagnosis: list[str]
 
     @classmethod
-    def from_store(cls, store: str | Path, split: str, limit: int | None = None) -> Cohort:
+    def from_store(cls, store: str | Path, split: str, limit: int | None = None, lazy: bool = False) -> Cohort:
+        """The first ``limit`` items of ``split`` (all when None); ``lazy``: cines and ECGs as
+        :class:`StoreRows`, read only where indexed (what a rank that works on its block needs)."""
         from ecgflowcmr.store.prepared import StoreDataset
 
         data = StoreDataset(store, split, fields=("ecg", "cine"))
         n = len(data) if limit is None else min(limit, len(data))
-        cines = np.asarray(data.array("cine")[:n], dtype=np.float32) / 255.0  # codes = x01 · 255
-        ecgs = np.asarray(data.array("ecg")[:n], dtype=np.float32)
+        cines, ecgs = data.array("cine")[:n], data.array("ecg")[:n]
         rows = data.rows[:n]
+        if lazy:
+            cines, ecgs = StoreRows(cines, _cines01), StoreRows(ecgs, _float32)
+        else:
+            cines, ecgs = _cines01(cines), _float32(ecgs)
         return cls(cines, ecgs, [r["subject_id"] for r in rows], [r.get("diagnosis", "") for r in rows])
+
+
+def _cines01(codes: np.ndarray) -> np.ndarray:
+    """Stored cine codes (uint8, code = x01 · 255) → float32 in [0, 1]."""
+    return np.asarray(codes, dtype=np.float32) / 255.0
+
+
+def _float32(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32)
 
 
 @dataclass
@@ -378,8 +398,12 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
                        steps: int | None = None, batch_size: int = 8, max_test: int | None = None,
                        max_train: int | None = None, test_split: str = "test",
                        shared: dict[Any, Any] | None = None,
-                       max_baseline: int | None = DEFAULT_MAX_BASELINE) -> InstrumentResult:
+                       max_baseline: int | None = DEFAULT_MAX_BASELINE) -> InstrumentResult | None:
     """Run the instrument (module docstring) for a generator on a store's held-out split.
+
+    Under torchrun every rank calls it: each generates, reconstructs and segments its block of every set of
+    cines (reading only its block of the store) and sends the results to rank 0, which scores them alone and
+    returns the result; the other ranks return None.
 
     model: a bundle path or a loaded ``Pipeline``. store: its ``train`` split trains the classifiers, the
     ridge ceiling and is the retrieval pool; ``test_split`` is measured. The noise of subject s is
@@ -395,11 +419,15 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
+    segmenting = [0.0]  # this rank's seconds in the segmenter while generating and reconstructing
 
     def lap(name: str) -> None:
+        """Add the seconds since the last lap to ``name``, those spent in the segmenter to ``segment_s``."""
         nonlocal clock
         now = time.perf_counter()
-        timings[name] = now - clock
+        timings[name] = timings.get(name, 0.0) + now - clock - segmenting[0]
+        timings["segment_s"] = timings.get("segment_s", 0.0) + segmenting[0]
+        segmenting[0] = 0.0
         clock = now
 
     def once(key: tuple, make: Any) -> Any:
@@ -409,39 +437,53 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
             shared[key] = make()
         return shared[key]
 
+    rank, _ = process_rank()
     pipe = model if isinstance(model, Pipeline) else load_pipeline(model)
-    test = Cohort.from_store(store, test_split, max_test)
-    train = Cohort.from_store(store, "train", max_train)
+    test = Cohort.from_store(store, test_split, max_test, lazy=rank != 0)  # the other ranks read their blocks
+    train = Cohort.from_store(store, "train", max_train, lazy=rank != 0)
     if len(test.cines01) < 3:
         raise InputError(store, f"the {test_split} split has {len(test.cines01)} paired items; need ≥ 3")
     lap("read_store_s")
 
     n = len(test.cines01)
     nb = baseline_items(n, max_baseline)
-    test_seeds = [item_seed(seed, s) for s in test.subject_ids]
+    test_seeds = np.array([item_seed(seed, s) for s in test.subject_ids], dtype=np.int64)
     partner = swap_partners(n)[:nb]  # item i < nb takes the ECG of item partner[i] (any of the n)
-    cines = {"real": test.cines01, "generated": generate_cines(pipe, test.ecgs, test_seeds, batch_size, steps)}
+
+    def generate(ecgs: Any, seeds: np.ndarray, keep: bool = True) -> tuple[np.ndarray | None, Readout | None]:
+        return produce_and_read(segmenter, lambda e, s: generate_cines(pipe, e, s, batch_size, steps), ecgs, seeds,
+                                align=batch_size, keep=keep, seconds=segmenting)
+
+    cines: dict[str, Any] = {"real": test.cines01}
+    read: dict[str, Readout | None] = {}
+    cines["generated"], read["generated"] = generate(test.ecgs, test_seeds)
     lap("generate_test_s")
-    cines["shuffled_ecg"] = generate_cines(pipe, test.ecgs[partner], test_seeds[:nb], batch_size, steps)
+    cines["shuffled_ecg"], read["shuffled_ecg"] = generate(test.ecgs[partner], test_seeds[:nb])
     lap("generate_shuffled_s")
-    generated_train = generate_cines(pipe, train.ecgs, [item_seed(seed, s) for s in train.subject_ids],
-                                     batch_size, steps)
+    train_seeds = np.array([item_seed(seed, s) for s in train.subject_ids], dtype=np.int64)
+    _, read_gen_train = generate(train.ecgs, train_seeds, keep=False)  # only their readings are used
     lap("generate_train_s")
-    cines["vae_reconstruction"] = once(("vae_reconstruction", test_split, nb),
-                                       lambda: shard_map(lambda x: vae_reconstruct(pipe, x), test.cines01[:nb]))
-    template = decode_template(pipe)
-    feats_train, feats_test = ecg_features(pipe, train.ecgs), ecg_features(pipe, test.ecgs)
-    nearest = nearest_by_cosine(*_standardised(feats_test, feats_train))
-    cines["retrieval"] = train.cines01[nearest[:nb]]  # Table 1's baseline (first nb); the instrument reads all
+    cines["vae_reconstruction"], read["vae_reconstruction"] = once(
+        ("vae_reconstruction", test_split, nb),
+        lambda: produce_and_read(segmenter, lambda x: vae_reconstruct(pipe, x), test.cines01[:nb],
+                                 align=VAE_BATCH, seconds=segmenting))
+    feats_train = shard_map(lambda e: ecg_features(pipe, e), train.ecgs, align=ECG_BATCH)
+    feats_test = shard_map(lambda e: ecg_features(pipe, e), test.ecgs, align=ECG_BATCH)
     lap("baselines_s")
 
     read_real_train = once(("read", "train", len(train.cines01)), lambda: read_cines(segmenter, train.cines01))
-    read = {name: once(("read", name, test_split, len(x)), lambda x=x: read_cines(segmenter, x))
-            if name in ("real", "vae_reconstruction") else read_cines(segmenter, x)
-            for name, x in cines.items() if name != "retrieval"}
+    read["real"] = once(("read", "real", test_split, n), lambda: read_cines(segmenter, test.cines01))
+    lap("segment_s")
+    if rank != 0:  # every rank's share is with rank 0, which scores alone
+        return None
+
+    template = decode_template(pipe)
+    nearest = nearest_by_cosine(*_standardised(feats_test, feats_train))
+    cines["retrieval"] = train.cines01[nearest[:nb]]  # Table 1's baseline (first nb); the instrument reads all
+    lap("baselines_s")
     read["retrieval"] = read_real_train.take(nearest)  # the retrieved cines are training cines: read once
-    read_gen_train = read_cines(segmenter, generated_train)
-    read_template = read_cines(segmenter, template)
+    read_template = Readout(*segmenter.analyse(template))
+    read = {k: read[k] for k in ("real", "generated", "shuffled_ecg", "vae_reconstruction", "retrieval")}
     lap("segment_s")
 
     real_m = read["real"].measures
