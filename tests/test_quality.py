@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from ecgflowcmr.evaluation.quality import fid_frame_indices, quality_metrics, temporal_change, temporal_jerk
 
@@ -72,3 +73,17 @@ def test_chunked_means_equal_the_whole_set_formulas() -> None:
     assert temporal_change(x) == pytest.approx(change, rel=1e-6)
     assert temporal_jerk(x) == pytest.approx(second / change, rel=1e-6)
     assert sharpness(x) == pytest.approx(np.sqrt(gy**2 + gx**2).mean(), rel=1e-6)
+
+
+def test_paired_measures_one_cine_at_a_time_equal_the_batched_ones() -> None:
+    """PSNR and SSIM run one cine at a time (``CHUNK``, for the cache): the same values as the whole batch."""
+    from ecgflowcmr.evaluation.quality import _paired
+    from ecgflowcmr.models.image_metrics import psnr, ssim
+
+    rng = np.random.default_rng(1)
+    real = rng.random((5, 4, 16, 16), dtype=np.float32)
+    other = np.clip(real + 0.1 * rng.standard_normal(real.shape, dtype=np.float32), 0, 1)
+    r, o = torch.from_numpy(real), torch.from_numpy(other)
+    paired = _paired(real, other)
+    assert paired["psnr_db"] == pytest.approx(psnr(o, r).double().mean().item(), rel=1e-12)
+    assert paired["ssim"] == pytest.approx(ssim(o, r).double().mean().item(), rel=1e-12)

@@ -370,8 +370,11 @@ class Cohort:
 
 
 def _cines01(codes: np.ndarray) -> np.ndarray:
-    """Stored cine codes (uint8, code = x01 · 255) → float32 in [0, 1]."""
-    return np.asarray(codes, dtype=np.float32) / 255.0
+    """Stored cine codes (uint8, code = x01 · 255) → float32 in [0, 1] (divided in place: one float32 copy of
+    the split, not two)."""
+    out = np.array(codes, dtype=np.float32)
+    out /= np.float32(255.0)
+    return out
 
 
 def _float32(values: np.ndarray) -> np.ndarray:
