@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -163,6 +164,8 @@ def main() -> None:
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True)
     wall = time.perf_counter() - start
+    # the largest peak resident set of one process among the finished children: rank 0's under torchrun (Linux: kB)
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
     torch.set_num_threads(max(torch.get_num_threads(), args.nproc))  # the peak of all the cores the ranks use
     peak = matmul_gflops()
     metrics = json.loads((evaluation / "metrics.json").read_text())
@@ -170,6 +173,8 @@ def main() -> None:
     flops = unit_flops(args.model, store, seg_dir)
     print(f"\nevaluate wall time {wall:.0f} s (with the report); per unit: generated cine {flops['generate'] / 1e9:.1f} "
           f"GFLOP, VAE reconstruction {flops['vae'] / 1e9:.1f} GFLOP, segmented frame {flops['segment'] / 1e9:.3f} GFLOP")
+    print(f"peak memory: {peak_gb:.1f} GB (max RSS of the largest child process: rank 0 of evaluate under torchrun, "
+          f"or a phantom worker when the store was made in this run)")
     report(metrics, flops, peak, args.nproc, args.target)
 
 
