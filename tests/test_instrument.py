@@ -138,6 +138,29 @@ def test_shard_map_gathers_the_ranks_blocks_on_rank_0(tmp_path) -> None:
     np.testing.assert_array_equal(np.load(tmp_path / "out-1-read.npy"), [4, 5, 6, 7, 8, 9])
 
 
+def test_shard_map_alone_runs_pieces_of_whole_units_and_reads_lazy_rows_a_piece_at_a_time() -> None:
+    from ecgflowcmr.evaluation.sharding import PIECE, StoreRows, shard_map
+
+    stored = np.arange(2 * PIECE + 22, dtype=np.uint8)[:, None].repeat(3, axis=1)
+    reads: list[int] = []
+    calls: list[int] = []
+
+    def convert(rows: np.ndarray) -> np.ndarray:
+        reads.append(len(rows))
+        return rows.astype(np.float32) * 2
+
+    def fn(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(len(x))
+        return x.sum(axis=1), x[:, :2].astype(np.int64)
+
+    total, first = shard_map(fn, StoreRows(stored, convert), align=24)
+    np.testing.assert_array_equal(total, stored.astype(np.float32).sum(axis=1) * 2)
+    np.testing.assert_array_equal(first, stored[:, :2].astype(np.int64) * 2)
+    piece = 24 * max(1, PIECE // 24)
+    assert calls == reads and all(c % 24 == 0 for c in calls[:-1]) and max(calls) == piece
+    assert sum(calls) == len(stored) and len(calls) > 1
+
+
 def test_an_untrained_segmenter_is_flagged(tmp_path) -> None:
     from ecgflowcmr.evaluation.instrument import MIN_DICE, _validation_dice
     from ecgflowcmr.evaluation.segmentation import (

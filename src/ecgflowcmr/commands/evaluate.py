@@ -164,7 +164,7 @@ def measure_model(pipe: Any, model: str | Path, data: str | Path, seg: Any, scor
     t = time.perf_counter()
     n_test = len(result.cines["real"])
     nb = baseline_items(n_test, max_baseline)
-    train = Cohort.from_store(data, "train", nb)
+    train = Cohort.from_store(data, "train", nb, lazy=True)
     if len(train.cines01) < nb:
         raise InputError(data, f"the real-vs-real floor pairs each of {nb} test subjects with a training cine, but "
                                f"the train split has {len(train.cines01)}; use --max-baseline or --max-test")

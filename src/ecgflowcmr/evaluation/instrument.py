@@ -442,8 +442,8 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
 
     rank, _ = process_rank()
     pipe = model if isinstance(model, Pipeline) else load_pipeline(model)
-    test = Cohort.from_store(store, test_split, max_test, lazy=rank != 0)  # the other ranks read their blocks
-    train = Cohort.from_store(store, "train", max_train, lazy=rank != 0)
+    test = Cohort.from_store(store, test_split, max_test, lazy=True)  # each rank reads its block, piece by piece
+    train = Cohort.from_store(store, "train", max_train, lazy=True)
     if len(test.cines01) < 3:
         raise InputError(store, f"the {test_split} split has {len(test.cines01)} paired items; need ≥ 3")
     lap("read_store_s")

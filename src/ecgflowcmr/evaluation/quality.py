@@ -100,7 +100,8 @@ def quality_metrics(real_test: np.ndarray, sources: dict[str, np.ndarray], real_
                     i3d: I3D | None = None, i3d_info: dict[str, Any] | str = "not requested",
                     fid_frames: int = 5, i3d_size: int = I3D_SIZE, floor_items: int | None = None
                     ) -> dict[str, Any]:
-    """Per source (and ``real_floor``), each metric as ``{"value", "definition"}`` or ``{"unavailable"}``.
+    """Per source (and ``real_floor``), each metric as ``{"value", "definition"}`` or ``{"unavailable"}``. A set
+    may be an array or lazily read rows (``sharding.StoreRows``): the pixel measures read one cine at a time.
 
     ``real_train`` must hold at least ``floor_items`` cines (default: as many as ``real_test``; the first
     ``floor_items`` pair with the first test items); a source of M ≤ N cines pairs with the first M test
@@ -110,7 +111,10 @@ def quality_metrics(real_test: np.ndarray, sources: dict[str, np.ndarray], real_
     floor_items = n if floor_items is None else floor_items
     if not 1 <= floor_items <= n or len(real_train) < floor_items:
         raise ValueError(f"the floor needs {floor_items} (≤ {n}) real training cines, got {len(real_train)}")
-    everything = {**sources, "real_floor": np.asarray(real_train[:floor_items])}
+    everything = {**sources, "real_floor": real_train[:floor_items]}
+    if lpips is not None or inception is not None:  # they take whole sets of frames: read lazy sets whole
+        real_test = np.asarray(real_test)
+        everything = {k: np.asarray(v) for k, v in everything.items()}
     idx = fid_frame_indices(t, fid_frames)
     size = f"{real_test.shape[2]}×{real_test.shape[3]}"
     timings: dict[str, float] = {}

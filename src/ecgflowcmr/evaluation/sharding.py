@@ -3,8 +3,9 @@
 Rank r of W takes one contiguous block of the N items, cut at multiples of ``align`` items (a batch of the
 work), so every batch a rank runs is a batch the single process runs too and the results are the same bit for
 bit whatever W. Inputs may be :class:`StoreRows` (a store array read on demand): a rank then reads only its
-block. The other ranks send their results to rank 0 as raw tensors into its preallocated output (no pickles,
-no copy on the ranks that do not need it) and get None back: only rank 0 holds the whole.
+block, a piece at a time. Rank 0 writes its block straight into the whole; the other ranks send theirs to it as
+raw tensors received in place (no pickles, no copy on the ranks that do not need it) and get None back: only
+rank 0 holds the whole.
 """
 
 from __future__ import annotations
@@ -62,41 +63,70 @@ class StoreRows:
         return out if dtype is None else out.astype(dtype, copy=False)
 
 
+PIECE = 64
+"""Items per call of the mapped function (rounded to whole ``align`` units): a lazy input is read, and a result
+that is not kept is held, a piece at a time."""
+
+
 def shard_map(fn: Callable[..., Any], *arrays: Any, align: int = 1) -> Any:
     """``fn(*arrays)`` over items (first axis). Under an initialised process group rank r computes its
-    ``block`` and rank 0 returns the whole result in item order, the other ranks None; alone it is a plain call.
-    ``fn`` returns an array or a tuple of arrays with the items first; ``align``: the batch its work runs in."""
+    ``block`` and rank 0 returns the whole result in item order, the other ranks None; alone it is a plain
+    call. ``fn`` returns an array or a tuple of arrays with the items first; it runs on pieces of about
+    ``PIECE`` items, each a run of whole ``align``-item units (the batch its work runs in), so the pieces and
+    the blocks change no value."""
     rank, world = process_rank()
-    if world == 1:
-        return fn(*(np.asarray(a) for a in arrays))
     n = len(arrays[0])
     mine = block(n, align, rank, world)
-    part = fn(*(np.asarray(a[mine]) for a in arrays)) if mine.stop > mine.start else None
-    return _gather_blocks(part, n, align, rank, world)
+    is_tuple, full = _map_pieces(fn, arrays, mine, align, n if rank == 0 else mine.stop - mine.start)
+    if world > 1:
+        is_tuple, full = _gather_blocks(is_tuple, full, n, align, rank, world)
+    if full is None:
+        return None
+    return full if is_tuple else full[0]
 
 
-def _gather_blocks(part: Any, n: int, align: int, rank: int, world: int) -> Any:
-    """Each rank's block result (or None when it had no items) → the whole on rank 0 (None elsewhere)."""
+def _map_pieces(fn: Callable[..., Any], arrays: tuple[Any, ...], where: slice, align: int, size: int
+                ) -> tuple[bool | None, tuple[np.ndarray, ...] | None]:
+    """``fn`` over the items in ``where``, piece by piece; results written into arrays of ``size`` items (on
+    rank 0 the whole, with its block at ``where``; elsewhere the block). (result is a tuple?, arrays), or
+    (None, None) when ``where`` is empty."""
+    step = align * max(1, PIECE // align)
+    is_tuple, outs = None, None
+    offset = where.start  # item where.start is row 0 of a block's arrays; rank 0's block starts at 0
+    for start in range(where.start, where.stop, step):
+        stop = min(start + step, where.stop)
+        result = fn(*(np.asarray(a[start:stop]) for a in arrays))
+        is_tuple = isinstance(result, tuple)
+        parts = result if is_tuple else (result,)
+        if outs is None:
+            outs = tuple(np.empty((size, *p.shape[1:]), dtype=p.dtype) for p in parts)
+        for out, p in zip(outs, parts, strict=True):
+            out[start - offset:stop - offset] = p
+    return is_tuple, outs
+
+
+def _gather_blocks(is_tuple: bool | None, mine: tuple[np.ndarray, ...] | None, n: int, align: int, rank: int,
+                   world: int) -> tuple[bool | None, tuple[np.ndarray, ...] | None]:
+    """Each rank's block results (rank 0's already in place in its whole arrays; None for a rank without
+    items) → rank 0's whole arrays, received in place (the other ranks get (None, None))."""
     import torch
     import torch.distributed as dist
 
-    parts = None if part is None else part if isinstance(part, tuple) else (part,)
-    layout = None if parts is None else (isinstance(part, tuple), [(p.shape[1:], p.dtype.str) for p in parts])
+    layout = None if mine is None else (is_tuple, [(p.shape[1:], p.dtype.str) for p in mine])
     layouts: list[Any] | None = [None] * world if rank == 0 else None
     dist.gather_object(layout, layouts, dst=0)
     if rank != 0:
-        for p in parts or ():
-            dist.send(torch.from_numpy(np.ascontiguousarray(p)), dst=0)
-        return None
-    is_tuple, shapes = next(x for x in layouts if x is not None)
-    full = tuple(np.empty((n, *shape), dtype=np.dtype(dtype)) for shape, dtype in shapes)
-    for r in range(world):
+        for p in mine or ():
+            dist.send(torch.from_numpy(p), dst=0)
+        return None, None
+    found = [x for x in layouts if x is not None]
+    if not found:
+        return None, None
+    is_tuple, shapes = found[0]
+    full = mine if mine is not None else tuple(np.empty((n, *shape), dtype=np.dtype(dtype)) for shape, dtype in shapes)
+    for r in range(1, world):
         where = block(n, align, r, world)
-        if where.stop == where.start:
-            continue
-        for k, out in enumerate(full):
-            if r == 0:
-                out[where] = parts[k]
-            else:
+        if where.stop > where.start:
+            for out in full:
                 dist.recv(torch.from_numpy(out[where]), src=r)
-    return full if is_tuple else full[0]
+    return is_tuple, full
