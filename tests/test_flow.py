@@ -309,7 +309,7 @@ def test_a_flow_trained_on_two_latents_reproduces_them_by_sampling(network: str)
     template = targets.mean(0)
     cond = torch.randn(2, 6, 8, generator=g)
     config = FlowConfig(dit=dataclasses.replace(SMALL, width=64), network=network,
-                        unet=UNetConfig(width=8, multipliers=(1, 2), heads=2), alpha=0.5, cond_dropout=0.0)
+                        unet=UNetConfig(width=16, multipliers=(1, 2), heads=2), alpha=0.5, cond_dropout=0.0)
     flow = FlowMatching(config, template)
     opt = torch.optim.AdamW(flow.parameters(), lr=3e-3, weight_decay=0.0)
     for _ in range(150):
