@@ -286,6 +286,7 @@ def test_report_section_reads_a_finished_folder(tmp_path: Path) -> None:
 def test_cli_end_to_end_on_a_tiny_bundle(phantom_cohort: Path, phantom_store: Path, tmp_path: Path) -> None:
     """phantom → a few-step bundle → `ecgflowcmr downstream` → outputs; a rerun trains nothing."""
     from ecgflowcmr.cli import main
+    from ecgflowcmr.phantom import make_cohort
     from ecgflowcmr.training.tasks import train
 
     manifest, store = phantom_cohort / "manifest.csv", phantom_store
@@ -295,14 +296,21 @@ def test_cli_end_to_end_on_a_tiny_bundle(phantom_cohort: Path, phantom_store: Pa
     train("flow", store, tmp_path / "flow", sets=[*quick, "eval.max_items=2"], pamae=tmp_path / "pamae",
           vae=tmp_path / "vae")
     out = tmp_path / "downstream"
+    truth = tmp_path / "truth"  # the same cohort with the ECG-only subjects' true cines beside it
+    make_cohort(truth, n=24, seed=7, ecg_only_cines=True)
     args = ["downstream", "--model", str(tmp_path / "flow"), "--data", str(store), "--ecg-only", str(manifest),
             "--out", str(out), "--mix", "0,0.5", "--tasks", "cm,phenotypes", "--controls", "template,shuffled",
-            *[x for s in FAST for x in ("--set", s)]]
+            "--cines", f"truth={truth / 'ecg_only_cines'}", *[x for s in FAST for x in ("--set", s)]]
     assert main(args) == 0
     result = json.loads((out / "results.json").read_text())
     methods = {s["method"] for s in result["summary"]}
-    assert methods == {"scratch", "real", "ecg@0.5", "template@0.5", "shuffled@0.5"}
-    assert "Table 3" in (out / "tables.md").read_text()
+    assert methods == {"scratch", "real", "ecg@0.5", "template@0.5", "shuffled@0.5", "cines:truth@0.5"}
+    tables = (out / "tables.md").read_text()
+    assert "Table 3" in tables and "MAE + cines:truth 50 %" in tables
+    assert result["generation"]["cines:truth"]["found"] == result["generation"]["cines:truth"]["needed"]
+    true_ids = (out / "synthetic" / "cines-truth" / "pack" / "subjects.csv").read_text().split()[1:]
+    true_cines = np.load(out / "synthetic" / "cines-truth" / "pack" / "cines.npy")
+    assert true_cines.shape[0] == len(true_ids) and true_cines.std() > 0
     ids = (out / "synthetic" / "ecg" / "pack" / "subjects.csv").read_text().split()[1:]
     with open(manifest, newline="") as fh:
         split_of = {r["subject_id"]: r["split"] for r in csv.DictReader(fh)}
@@ -317,6 +325,8 @@ def test_cli_end_to_end_on_a_tiny_bundle(phantom_cohort: Path, phantom_store: Pa
     assert main(args) == 0  # resumes: every run is reused
     assert [p.stat().st_mtime_ns for p in done] == stamps
     assert main([*args[:-2 * len(FAST)], "--data", str(tmp_path / "nowhere")]) == 2
+    assert main([*args, "--cines", f"other={tmp_path / 'nowhere'}"]) == 2  # names the missing folder
+    assert main([*args, "--cines", "noequals"]) == 2
 
 
 def test_phantom_labels_follow_the_documented_rules(phantom_cohort: Path) -> None:

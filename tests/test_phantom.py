@@ -15,6 +15,7 @@ import wfdb
 from scipy.stats import spearmanr
 
 from ecgflowcmr.errors import ConfigError, InputError
+from ecgflowcmr.io.cmr import write_nifti_cine
 from ecgflowcmr.io.ecg import write_wfdb
 from ecgflowcmr.phantom import PhantomConfig, load_phantom_config, make_cohort, simulate_subject
 
@@ -53,6 +54,29 @@ def test_same_seed_same_bytes_any_workers_any_n(cohort: Path, tmp_path: Path) ->
     assert _rows(small) == _rows(cohort)[:3]
     other = make_cohort(tmp_path / "seed12", n=3, seed=12)
     assert _files(other.parent)["ecg/PH000000.dat"] != big_files["ecg/PH000000.dat"]
+
+
+def test_ecg_only_cines_leave_the_cohort_as_it_was(cohort: Path, tmp_path: Path) -> None:
+    """--ecg-only-cines adds each ECG-only subject's true cine outside the manifest and changes no other byte;
+    the cine is the one that subject would have had if paired; a rerun without the flag removes them."""
+    from ecgflowcmr.io.cmr import read_cine
+
+    out = tmp_path / "truth"
+    make_cohort(out, n=8, seed=11, ecg_only_cines=True)
+    files, plain = _files(out), _files(cohort.parent)
+    truth = {k for k in files if k.startswith("ecg_only_cines/")}
+    assert {k: v for k, v in files.items() if k not in truth} == plain
+    ecg_only = [r["subject_id"] for r in _rows(cohort) if r["split"] == "ecg_only"]
+    assert ecg_only and truth == {f"ecg_only_cines/{sid}.nii.gz" for sid in ecg_only}
+    cfg = PhantomConfig()
+    expected = simulate_subject(int(ecg_only[0][2:]), 11, cfg, with_cine=True).cine
+    write_nifti_cine(tmp_path / "expected.nii.gz", expected.frames, (expected.spacing_mm, expected.spacing_mm),
+                     expected.frame_interval_s, slice_thickness_mm=cfg.slice_thickness_mm)
+    frames = read_cine(out / "ecg_only_cines" / f"{ecg_only[0]}.nii.gz").frames
+    assert frames.shape == (50, 96, 96) and frames.std() > 0
+    assert np.array_equal(frames, read_cine(tmp_path / "expected.nii.gz").frames)
+    make_cohort(out, n=8, seed=11)
+    assert _files(out) == plain
 
 
 def test_a_smaller_cohort_over_a_larger_one_leaves_only_its_own_files(tmp_path: Path) -> None:

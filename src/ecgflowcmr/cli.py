@@ -23,7 +23,8 @@ be): printed as one line with exit status 2, like InputError."""
 def _cmd_phantom(args: argparse.Namespace) -> None:
     from ecgflowcmr.phantom import make_cohort
 
-    manifest = make_cohort(args.out, n=args.n, seed=args.seed, config=args.config, workers=args.workers)
+    manifest = make_cohort(args.out, n=args.n, seed=args.seed, config=args.config, workers=args.workers,
+                           ecg_only_cines=args.ecg_only_cines)
     print(f"wrote {manifest}")
 
 
@@ -88,17 +89,20 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 def _cmd_downstream(args: argparse.Namespace) -> None:
     from ecgflowcmr.commands.downstream import downstream
 
-    ablations = {}
-    for item in args.ablation:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise InputError("--ablation", f"expected NAME=BUNDLE, got {item!r}")
-        ablations[name] = Path(path)
+    named = {}
+    for flag, what, items in (("--ablation", "BUNDLE", args.ablation), ("--cines", "DIR", args.cines)):
+        named[flag] = {}
+        for item in items:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path or ":" in name:
+                raise InputError(flag, f"expected NAME={what}, got {item!r}")
+            named[flag][name] = Path(path)
     files = downstream(args.model, args.data, args.ecg_only, args.out,
                        mix=[float(m) for m in args.mix.split(",")] if args.mix else None,
                        tasks=args.tasks.split(",") if args.tasks else None,
                        controls=[c for c in args.controls.split(",") if c] if args.controls is not None else None,
-                       ablations=ablations, config=args.config, sets=args.set, batch_size=args.batch_size)
+                       ablations=named["--ablation"], cines=named["--cines"], config=args.config, sets=args.set,
+                       batch_size=args.batch_size)
     print("wrote " + ", ".join(str(f) for f in files[:3]) + f" and {len(files) - 3} plot(s)")
 
 
@@ -179,6 +183,9 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
                    help="YAML overriding the simulator's parameters, or a preset name: downstream (the "
                    "cohort of the downstream tiny default)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--ecg-only-cines", action="store_true",
+                   help="also write the cine each ECG-only subject would have had to OUT/ecg_only_cines/ (not in "
+                   "the manifest): the ceiling of a perfect generator, for `downstream --cines truth=DIR`")
     p.set_defaults(func=_cmd_phantom)
 
 
@@ -266,6 +273,9 @@ def _add_downstream(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--controls", type=str, default=None, help="comma list of template, shuffled ('' for none)")
     p.add_argument("--ablation", action="append", default=[], metavar="NAME=BUNDLE",
                    help="an ablated generator as one more control (repeatable)")
+    p.add_argument("--cines", action="append", default=[], metavar="NAME=DIR",
+                   help="cines of the ECG-only subjects made elsewhere (DIR/<subject_id>.nii.gz), pretrained on "
+                   "like a generated source, e.g. the phantom's true ones (phantom --ecg-only-cines; repeatable)")
     p.add_argument("--config", type=str, default="tiny", help="preset (tiny, paper) or YAML path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--batch-size", type=int, default=8, help="ECGs per generation batch (default 8)")

@@ -10,9 +10,12 @@ Output folder::
 
 Sources: ``ecg`` (the bundle on each ECG-only subject's own ECG), the controls ``template`` (the same
 bundle with its learned "no ECG" condition: the noisy template refined without an ECG), ``shuffled``
-(another ECG-only subject's ECG) and ``ablation:NAME`` (another bundle, e.g. trained without the
-template or phase alignment). Every source uses the same ECG-only subjects and the same noise seed per
-subject, so sources differ only in what conditions the flow. Only as many ECG-only subjects are
+(another ECG-only subject's ECG), ``ablation:NAME`` (another bundle, e.g. trained without the
+template or phase alignment) and ``cines:NAME`` (cines of the same ECG-only subjects that the user
+supplies, ``DIR/<subject_id>.nii.gz`` or generate's ``DIR/<shard>/<subject_id>.nii.gz``: another
+generator's output, or on the phantom the subjects' true cines, ``phantom --ecg-only-cines``, the ceiling
+a perfect generator would reach). Every generated source uses the same ECG-only subjects and the same
+noise seed per subject, so sources differ only in what conditions the flow. Only as many ECG-only subjects are
 generated as the largest mix needs (plus 5 % for ECGs that fail).
 """
 
@@ -38,8 +41,8 @@ from ecgflowcmr.training import distributed as dist
 
 def downstream(model: Path, data: Path, ecg_only: Path | None, out: Path, *, mix: list[float] | None = None,
                tasks: list[str] | None = None, controls: list[str] | None = None,
-               ablations: dict[str, Path] | None = None, config: str = "tiny", sets: list[str] | None = None,
-               batch_size: int = 8) -> list[Path]:
+               ablations: dict[str, Path] | None = None, cines: dict[str, Path] | None = None,
+               config: str = "tiny", sets: list[str] | None = None, batch_size: int = 8) -> list[Path]:
     """Generate what is missing, then pretrain, fine-tune and score every fold (all resumable)."""
     overrides = list(sets or [])
     if mix is not None:
@@ -51,13 +54,14 @@ def downstream(model: Path, data: Path, ecg_only: Path | None, out: Path, *, mix
     cfg = load_config(DownstreamConfig, "downstream", config, overrides)
     dist.setup_distributed(cfg.finetune.device)  # under torchrun: one process group for every run
     try:
-        return _downstream(cfg, Path(model), Path(data), ecg_only, Path(out), ablations or {}, batch_size)
+        return _downstream(cfg, Path(model), Path(data), ecg_only, Path(out), ablations or {}, cines or {},
+                           batch_size)
     finally:
         dist.teardown_distributed()
 
 
 def _downstream(cfg: DownstreamConfig, model: Path, data: Path, ecg_only: Path | None, out: Path,
-                ablations: dict[str, Path], batch_size: int) -> list[Path]:
+                ablations: dict[str, Path], supplied: dict[str, Path], batch_size: int) -> list[Path]:
     subjects, reserved = cohorts(data, cfg.folds, cfg.seed, cfg.pretrain_split)
     need = synthetic_needed(cfg, subjects, reserved)
     pools: dict[str, SyntheticPool] = {}
@@ -93,7 +97,24 @@ def _downstream(cfg: DownstreamConfig, model: Path, data: Path, ecg_only: Path |
                 pack_pool(source, files, folder / "pack")
             dist.barrier()
             pools[source] = pack_pool(source, files, folder / "pack")  # the finished pack, memory-mapped
+        for name, given in supplied.items():
+            source = f"cines:{name}"
+            if not Path(given).is_dir():
+                raise InputError(given, f"--cines {name}: not a folder of cines")
+            files = [(sid, supplied_file(Path(given), sid)) for sid in chosen]
+            if dist.is_main():
+                pack_pool(source, files, out / "synthetic" / f"cines-{name}" / "pack")
+            dist.barrier()
+            pools[source] = pack_pool(source, files, out / "synthetic" / f"cines-{name}" / "pack")
+            meta["generation"][source] = {"supplied": str(given), "found": len(pools[source].subject_ids),
+                                          "needed": len(chosen)}
     return run_downstream(cfg, data, pools, out, meta=meta)
+
+
+def supplied_file(folder: Path, subject_id: str) -> Path:
+    """A supplied cine: ``folder/<id>.nii.gz``, else generate's sharded ``folder/<shard>/<id>.nii.gz``."""
+    flat = folder / f"{subject_id}{SUFFIX['nii']}"
+    return flat if flat.exists() else folder / shard_of(subject_id) / flat.name
 
 
 def choose_ecg_only(manifest_path: Path, real_ids: set[str], need: int, seed: int) -> list[str]:

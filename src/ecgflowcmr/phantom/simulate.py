@@ -135,14 +135,24 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def write_subject(index: int, seed: int, cfg: PhantomConfig, out: Path) -> dict[str, str]:
+ORACLE_DIR = "ecg_only_cines"
+"""With ``ecg_only_cines``, the cine each ECG-only subject would have had, ``<out>/ecg_only_cines/<id>.nii.gz``:
+outside the manifest (the cohort stays ECG-only), for measuring what a perfect generator would give."""
+
+
+def write_subject(index: int, seed: int, cfg: PhantomConfig, out: Path, ecg_only_cines: bool = False) -> dict[str, str]:
     """Simulate subject ``index`` and write its files under ``out``; return its manifest row."""
-    s = simulate_subject(index, seed, cfg)
+    s = simulate_subject(index, seed, cfg, with_cine=True if ecg_only_cines else None)
     write_wfdb(out / "ecg" / s.subject_id, s.ecg.signal, cfg.ecg_fs)
+    paired = s.split != "ecg_only"
     cmr_path = mask_path = ""
     if s.cine is not None:
-        cmr_path, mask_path = f"cmr/{s.subject_id}.nii.gz", f"cmr/{s.subject_id}_mask.nii.gz"
-        for rel, arr in ((cmr_path, s.cine.frames), (mask_path, s.cine.masks)):
+        files = ((f"cmr/{s.subject_id}.nii.gz", s.cine.frames), (f"cmr/{s.subject_id}_mask.nii.gz", s.cine.masks))
+        if paired:
+            cmr_path, mask_path = files[0][0], files[1][0]
+        else:  # its true cine, outside the manifest; the same bytes as if it had been paired
+            files = ((f"{ORACLE_DIR}/{s.subject_id}.nii.gz", s.cine.frames),)
+        for rel, arr in files:
             with atomic_file(out / rel) as tmp:
                 write_nifti_cine(tmp, arr, (s.cine.spacing_mm, s.cine.spacing_mm), s.cine.frame_interval_s,
                                  slice_thickness_mm=cfg.slice_thickness_mm)
@@ -154,23 +164,25 @@ def write_subject(index: int, seed: int, cfg: PhantomConfig, out: Path) -> dict[
         "cm": p.diagnosis in ("hcm", "dcm", "rcm"), "hf": has_heart_failure(p.diagnosis, p.lvef_pct),
         "heart_rate_bpm": round(s.ecg.heart_rate_bpm, 2),
         "rpeak_samples": " ".join(str(int(r)) for r in s.ecg.rpeaks),
-        "cine_rpeak_sample": s.ecg.cine_rpeak if s.cine is not None else "",
+        "cine_rpeak_sample": s.ecg.cine_rpeak if paired else "",
     }
     return {k: _fmt(v) for k, v in row.items()}
 
 
-def _write_chunk(args: tuple[list[int], int, PhantomConfig, Path]) -> list[dict[str, str]]:
-    indices, seed, cfg, out = args
-    return [write_subject(i, seed, cfg, out) for i in indices]
+def _write_chunk(args: tuple[list[int], int, PhantomConfig, Path, bool]) -> list[dict[str, str]]:
+    indices, seed, cfg, out, ecg_only_cines = args
+    return [write_subject(i, seed, cfg, out, ecg_only_cines) for i in indices]
 
 
 def make_cohort(out: str | Path, n: int, seed: int = 0, config: str | Path | PhantomConfig | None = None,
-                workers: int = 1) -> Path:
+                workers: int = 1, ecg_only_cines: bool = False) -> Path:
     """Simulate ``n`` subjects into ``out`` (WFDB ECGs, NIfTI cines + masks, manifest.csv); return the manifest.
 
     Same ``seed`` → identical bytes, with any ``workers``. The manifest is written last, atomically: a
     cohort folder without one is incomplete. Subject files of an earlier, larger cohort in ``out`` are
     deleted after the new manifest is in place, so the folder holds exactly the cohort its manifest lists.
+    ``ecg_only_cines`` also writes the cine each ECG-only subject would have had (``ORACLE_DIR``; a
+    diagnostic the phantom alone can give: ``downstream --cines truth=<out>/ecg_only_cines``).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError("--n", f"expected a positive number of subjects, got {n!r}")
@@ -184,15 +196,17 @@ def make_cohort(out: str | Path, n: int, seed: int = 0, config: str | Path | Pha
         raise InputError(out, "exists and is not a folder")
     ensure_dir(out / "ecg", "cohort folder")
     ensure_dir(out / "cmr", "cohort folder")
+    if ecg_only_cines:
+        ensure_dir(out / ORACLE_DIR, "cohort folder")
 
     workers = min(workers, n)
     if workers == 1:
-        rows = [write_subject(i, seed, cfg, out) for i in range(n)]
+        rows = [write_subject(i, seed, cfg, out, ecg_only_cines) for i in range(n)]
     else:
         import multiprocessing
 
         size = max(1, min(32, n // (4 * workers)))
-        chunks = [(list(range(i, min(i + size, n))), seed, cfg, out) for i in range(0, n, size)]
+        chunks = [(list(range(i, min(i + size, n))), seed, cfg, out, ecg_only_cines) for i in range(0, n, size)]
         # fork: no re-import of the caller's __main__ (scripts need no main guard); spawn where there is none.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
@@ -206,17 +220,20 @@ def make_cohort(out: str | Path, n: int, seed: int = 0, config: str | Path | Pha
     with atomic_file(manifest) as tmp:
         tmp.write_text(buffer.getvalue())
     remove_stale(out, {row["subject_id"] for row in rows})
+    # true cines of ECG-only subjects only where this call wrote them (another seed's would look like ours)
+    remove_stale(out, {r["subject_id"] for r in rows if r["split"] == "ecg_only"} if ecg_only_cines else set(),
+                 folders=(ORACLE_DIR,))
     return manifest
 
 
-def remove_stale(out: Path, keep: set[str]) -> int:
-    """Delete the phantom subject files in ``out/ecg`` and ``out/cmr`` whose subject is not in ``keep``.
+def remove_stale(out: Path, keep: set[str], folders: tuple[str, ...] = ("ecg", "cmr")) -> int:
+    """Delete the phantom subject files in ``out/<folder>`` whose subject is not in ``keep``.
 
     Only names ``write_subject`` writes (``SUBJECT_FILE``) are touched, never other files. Returns the count.
     """
     removed = 0
-    for folder in (out / "ecg", out / "cmr"):
-        for path in folder.iterdir():
+    for folder in (out / name for name in folders):
+        for path in folder.iterdir() if folder.is_dir() else ():
             match = SUBJECT_FILE.fullmatch(path.name)
             if match and match.group(1) not in keep:
                 path.unlink()
