@@ -51,7 +51,7 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ecgflowcmr.bundle import WEIGHTS_FILE, load_model, load_weights, read_template
+from ecgflowcmr.bundle import CONFIG_FILE, WEIGHTS_FILE, load_model, load_weights, read_template
 from ecgflowcmr.config import dump_yaml, load_config
 from ecgflowcmr.evaluation.conditioning import circular_frame_error, es_frame
 from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
@@ -72,7 +72,7 @@ from ecgflowcmr.training.stages import flow as flow_stage
 def encoded(store: Path, split: str, every: int, out: Path, pamae: Path, vae: Path) -> latents.LatentPairs:
     """Items 0, every, 2·every, … of a split encoded by the flow stage's own encoder, cached in ``out``."""
     folder = out / f"{split}-every{every}"
-    key = latents.cache_key(store, split, pamae / WEIGHTS_FILE, vae / WEIGHTS_FILE)
+    key = latents.cache_key(store, split, pamae / WEIGHTS_FILE, vae / WEIGHTS_FILE, (pamae / CONFIG_FILE, vae / CONFIG_FILE))
     if not latents.cache_is_current(folder, key):
         nets = flow_stage.load_frozen(pamae, vae, torch.device("cpu"))
         out.mkdir(parents=True, exist_ok=True)

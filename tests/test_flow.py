@@ -647,6 +647,9 @@ def test_cache_is_reused_unchanged_and_rebuilt_when_stale(synthetic_store: Path,
     assert len(upstream["loads"]) == 2
     assert all(first[name][1] != mtime for name, (_, mtime) in snapshot().items() if name.suffix == ".npy")
     assert again["train"].index.tolist() == [1, 2, 4, 5, 7]
+    (upstream["pamae"] / "config.json").write_text('{"model": {"align_cut": "uniform"}}')  # same weights
+    flow_stage.encoded_splits(*args)
+    assert len(upstream["loads"]) == 3
 
 
 def test_shards_join_in_item_order_and_train_like_tensors_in_memory(synthetic_store: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ False) are left out and counted in meta.json.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,10 +135,17 @@ def _fingerprint(path: Path) -> str:
     return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def cache_key(data: Path, split: str, pamae_weights: Path, vae_weights: Path) -> dict[str, str]:
-    """What a cache shard was built from: the store and both networks' weight files (path, size, mtime)."""
+def cache_key(data: Path, split: str, pamae_weights: Path, vae_weights: Path,
+              configs: Sequence[Path] = ()) -> dict[str, str]:
+    """What a cache shard was built from: the store, both networks' weight files (path, size, mtime) and
+    the content of their ``configs`` (an edited PA-MAE alignment, ``align_cut`` …, changes the conditions
+    encoded from the same weights)."""
+    digest = hashlib.sha256()
+    for config in configs:
+        digest.update(Path(config).read_bytes() if Path(config).exists() else b"")
     return {"version": CACHE_VERSION, "split": split, "store": _fingerprint(Path(data) / "store.json"),
-            "pamae": _fingerprint(Path(pamae_weights)), "vae": _fingerprint(Path(vae_weights))}
+            "pamae": _fingerprint(Path(pamae_weights)), "vae": _fingerprint(Path(vae_weights)),
+            "configs": digest.hexdigest()}
 
 
 def read_cache_meta(folder: Path) -> dict[str, str] | None:

@@ -19,7 +19,14 @@ import torch
 from torch import Tensor, nn
 
 from ecgflowcmr.atomic import write_text_atomic
-from ecgflowcmr.bundle import WEIGHTS_FILE, bundle_geometry, load_model, read_template, write_bundle
+from ecgflowcmr.bundle import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    bundle_geometry,
+    load_model,
+    read_template,
+    write_bundle,
+)
 from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.evaluation.stage_metrics import EvalConfig, flow_metrics
 from ecgflowcmr.flow.objective import FlowConfig, FlowMatching
@@ -91,7 +98,8 @@ def encoded_splits(data: Path, run_dir: Path, pamae: Path, vae: Path, batch_size
     nets: tuple[nn.Module, nn.Module] | None = None
     for split in present:
         path = shard_path(run_dir, split, rank, world)
-        key = cache_key(data, split, Path(pamae) / WEIGHTS_FILE, Path(vae) / WEIGHTS_FILE)
+        key = cache_key(data, split, Path(pamae) / WEIGHTS_FILE, Path(vae) / WEIGHTS_FILE,
+                        configs=(Path(pamae) / CONFIG_FILE, Path(vae) / CONFIG_FILE))
         if not cache_is_current(path, key):
             if nets is None:
                 nets = load_frozen(pamae, vae, device)
