@@ -93,22 +93,24 @@ def _downstream(cfg: DownstreamConfig, model: Path, data: Path, ecg_only: Path |
                                           "failed": summary.failed, "seconds": round(summary.seconds, 2)}
             dist.barrier()  # under torchrun each rank generated its share: wait for all of them
             files = [(sid, folder / "files" / shard_of(sid) / f"{sid}{SUFFIX['nii']}") for sid in chosen]
-            if dist.is_main():
-                pack_pool(source, files, folder / "pack")
-            dist.barrier()
-            pools[source] = pack_pool(source, files, folder / "pack")  # the finished pack, memory-mapped
+            pools[source] = packed(source, files, folder / "pack")
         for name, given in supplied.items():
             source = f"cines:{name}"
             if not Path(given).is_dir():
                 raise InputError(given, f"--cines {name}: not a folder of cines")
             files = [(sid, supplied_file(Path(given), sid)) for sid in chosen]
-            if dist.is_main():
-                pack_pool(source, files, out / "synthetic" / f"cines-{name}" / "pack")
-            dist.barrier()
-            pools[source] = pack_pool(source, files, out / "synthetic" / f"cines-{name}" / "pack")
+            pools[source] = packed(source, files, out / "synthetic" / f"cines-{name}" / "pack")
             meta["generation"][source] = {"supplied": str(given), "found": len(pools[source].subject_ids),
                                           "needed": len(chosen)}
     return run_downstream(cfg, data, pools, out, meta=meta)
+
+
+def packed(source: str, files: list[tuple[str, Path]], folder: Path) -> SyntheticPool:
+    """Rank 0 packs the cines once; then every rank maps the finished pack."""
+    if dist.is_main():
+        pack_pool(source, files, folder)
+    dist.barrier()
+    return pack_pool(source, files, folder)
 
 
 def supplied_file(folder: Path, subject_id: str) -> Path:
