@@ -219,8 +219,12 @@ def test_fit_once_resume_equals_uninterrupted(tmp_path: Path) -> None:
     whole = run(tmp_path / "whole", 0)
     first = run(tmp_path / "split", 2)
     assert not (tmp_path / "split" / "fit.json").exists()
+    assert (tmp_path / "split" / "checkpoints").is_dir()  # the interrupted run keeps what it resumes from
     resumed = run(tmp_path / "split", 0)
     assert json.loads((tmp_path / "split" / "fit.json").read_text())["steps"] == 4
+    assert not (tmp_path / "split" / "checkpoints").exists()  # a finished run keeps its weights only
+    assert torch.equal(next(iter(run(tmp_path / "split", 0).state_dict().values())),
+                       next(iter(resumed.state_dict().values())))  # and reloads them
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), resumed.state_dict().values()))
