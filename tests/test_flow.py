@@ -261,6 +261,57 @@ def test_seeded_sampling_is_reproducible() -> None:
         assert torch.equal(one, two) and not torch.allclose(one, other)
 
 
+class GaussianFlow:
+    """The exact velocity of Eq. 4's path from z0 ~ N(0, α²) to z1 ~ N(μ, s²), per element (no network):
+    v(z, t) = E[z1 − z0 | z_t = z] = μ + (t·s² − (1 − t)·α²)/((1 − t)²·α² + t²·s²)·(z − t·μ)."""
+
+    def __init__(self, mu: float, s: float, alpha: float, size: int):
+        self.mu, self.s, self.template = mu, s, torch.zeros(size, dtype=torch.float64)
+        self.config = SimpleNamespace(alpha=alpha)
+
+    def velocity(self, z: Tensor, t: Tensor, c: Tensor, shift: Tensor | None = None) -> Tensor:
+        t, a2, s2 = t[:, None], self.config.alpha**2, self.s**2
+        return self.mu + (t * s2 - (1 - t) * a2) / ((1 - t) ** 2 * a2 + t**2 * s2) * (z - t * self.mu)
+
+    def noise(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn((batch, *self.template.shape), generator=generator, dtype=torch.float64)
+
+    def initial_state(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.template + self.config.alpha * self.noise(batch, generator)
+
+    def prior_shift(self, c: Tensor) -> None:
+        return None
+
+
+@pytest.mark.parametrize("eta", [0.3, 1.0])
+def test_stochastic_steps_keep_the_path_and_reach_the_data_distribution(eta: float) -> None:
+    flow = GaussianFlow(mu=2.0, s=0.5, alpha=1.5, size=4000)
+    cond = torch.zeros(4, 1)
+    z0 = flow.initial_state(4, torch.Generator().manual_seed(0))
+    euler = sample(flow, cond, steps=400, z0=z0)
+    torch.testing.assert_close(sample(flow, cond, steps=400, z0=z0, eta=0.0, step_noise=torch.randn(399, 4, 4000)),
+                               euler, rtol=0, atol=0)  # η = 0 is Euler: the noise is not even read
+    noisy = sample(flow, cond, steps=400, z0=z0, eta=eta, generator=torch.Generator().manual_seed(1))
+    for out in (euler, noisy):  # 16,000 draws each: mean and spread of N(2, 0.5²) within 1.5 % / 3 %
+        assert abs(out.mean().item() - 2.0) < 0.03 and abs(out.std().item() - 0.5) < 0.015
+    # the same path as Euler in distribution, not the same samples: the fresh noise moved them
+    assert (noisy - euler).abs().mean() > 0.05
+    again = sample(flow, cond, steps=400, z0=z0, eta=eta, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(noisy, again)
+
+
+def test_stochastic_steps_remove_an_error_euler_carries_to_the_end() -> None:
+    """A network that leaves part of the start's noise (v̂ = v + k·(z − m)/… at every t) is corrected by
+    fresh noise only in the share η forgets; here: the spread it adds shrinks as η grows."""
+    flow = GaussianFlow(mu=0.0, s=0.5, alpha=1.0, size=4000)
+    exact = flow.velocity
+    flow.velocity = lambda z, t, c, shift=None: exact(z, t, c) * 0.9  # a network that under-shoots by 10 %
+    cond = torch.zeros(2, 1)
+    spread = [sample(flow, cond, steps=20, eta=eta, generator=torch.Generator().manual_seed(3)).std().item()
+              for eta in (0.0, 0.5, 1.0)]
+    assert spread[0] > spread[1] > spread[2]
+
+
 def test_sampler_rejects_bad_arguments() -> None:
     flow = small_flow(cond_dropout=0.0)
     cond = torch.randn(1, 6, 8)
@@ -270,6 +321,10 @@ def test_sampler_rejects_bad_arguments() -> None:
         sample(flow, cond, steps=2, method="rk4")
     with pytest.raises(ConfigError):  # no unconditional model to guide with
         sample(flow, cond, steps=2, guidance=2.0)
+    for bad in ({"eta": -0.1}, {"eta": 1.5}, {"eta": 0.5, "method": "heun"},
+                {"eta": 0.5, "step_noise": torch.zeros(2, 1, *flow.template.shape)}):  # 3 steps need 2 draws…
+        with pytest.raises(ConfigError):
+            sample(flow, cond, steps=4 if "step_noise" in bad else 2, **bad)
 
 
 # --------------------------------------------------------------------------------------------------

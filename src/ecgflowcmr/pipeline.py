@@ -168,7 +168,7 @@ class Pipeline:
                        guidance: float | None = None, method: str | None = None,
                        rpeaks: list[np.ndarray] | None = None,
                        problems: list[str] | None = None,
-                       null_condition: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                       null_condition: bool = False, eta: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """(B, 12, 5000) mV → (frames (B, 50, 96, 96) in [0, 1], valid (B,) bool); invalid items are NaN.
 
         An item is invalid when its ECG gives no usable cardiac cycle or when its latent or decoded cine is
@@ -199,15 +199,21 @@ class Pipeline:
         if null_condition:
             cond = self.flow.null_condition(cond.shape[0]).to(cond)
         steps, method, guidance = settings["steps"], settings["method"], settings["guidance"]
+        # an item's start and its stochastic steps' noise come from its own generator, in that order
+        extra = steps - 1 if eta > 0 else 0
         if isinstance(seed, int):
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-            z0 = self.flow.initial_state(cond.shape[0], generator)
+            generators = [torch.Generator(device=self.device).manual_seed(seed)]
+            counts = [cond.shape[0]]
         else:
-            z0 = torch.cat([self.flow.initial_state(1, torch.Generator(device=self.device).manual_seed(int(s)))
-                            for s, ok in zip(seed, valid) if ok])
+            generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s, ok in zip(seed, valid) if ok]
+            counts = [1] * len(generators)
+        draws = [(self.flow.initial_state(n, g), [self.flow.noise(n, g) for _ in range(extra)])
+                 for n, g in zip(counts, generators)]
+        z0 = torch.cat([start for start, _ in draws])
+        step_noise = torch.stack([torch.cat(parts) for parts in zip(*[noise for _, noise in draws])]) if extra else None
         start = time.perf_counter()
         z1 = sample(self.flow, cond, steps=steps, method=method, guidance=guidance, z0=z0,
-                    ecg_prior=not null_condition)
+                    ecg_prior=not null_condition, eta=eta, step_noise=step_noise)
         self.timings.sample += time.perf_counter() - start
         start = time.perf_counter()
         video = self.vae.decode_latent(z1)  # (b, 1, 50, 96, 96) in [-1, 1]

@@ -7,6 +7,19 @@ generator)``, ``prior_shift(c)`` (the ECG prior's start relative to the template
     Euler (Eq. 8):  z_{t+Δt} = z_t + Δt·v(z_t, t)                                 1 pass per step
     Heun:           z' = z_t + Δt·v(z_t, t);  z_{t+Δt} = z_t + Δt/2·(v(z_t, t) + v(z', t+Δt))   2 passes
     Guidance:       v = v_u + w·(v_c − v_u), v_c and v_u from ONE batched pass (2B items)
+
+Stochastic Euler (``eta`` = η in [0, 1]; DDIM's η for the straight path of Eq. 4). One pass gives both ends of
+the straight line through z_t: ẑ1 = z_t + (1 − t)·v̂ and ẑ0 = z_t − t·v̂ = m + α·ε̂, with m the start's mean
+(template, plus the ECG prior's Δ). Euler is  z_{t'} = (1 − t')·ẑ0 + t'·ẑ1;  the stochastic step replaces a
+share λ of the recovered noise ε̂ by fresh noise ε' of the same structure (``flow.noise``):
+
+    z_{t'} = (1 − t')·(m + α·(√(1 − λ²)·ε̂ + λ·ε')) + t'·ẑ1,   λ = η·√(1 − r²),  r = t·(1 − t') / (t'·(1 − t))
+
+λ is η times the spread of z_{t'} given z_t and z1 relative to its noise level (1 − t')·α (the path is
+z_t − (1 − t)·m = t·z1 + (1 − t)·α·ε): η = 1 is the ancestral (DDPM) sampler of this path, η = 0 Euler
+exactly. λ → 0 as the steps shrink (√Δt), so every η keeps the path's marginals; what the fresh noise
+changes is that an error of the network in removing the start's noise is not carried to the end. The last
+step (t' = 1) adds none.
 """
 
 from __future__ import annotations
@@ -52,9 +65,23 @@ def heun_step(v: Velocity, z: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
     return z + dt / 2 * (v0 + v1)
 
 
+def stochastic_step(v: Velocity, z: Tensor, t: Tensor, t_next: Tensor, mean: Tensor, alpha: float, eta: float,
+                    fresh: Tensor) -> Tensor:
+    """One stochastic Euler step from t to t_next < 1 (module docstring): ``mean`` m the start's mean,
+    ``fresh`` ε' like z."""
+    velocity = v(z, t)
+    z1_hat = z + (1 - t) * velocity
+    z0_hat = z - t * velocity  # m + α·ε̂
+    r = t * (1 - t_next) / (t_next * (1 - t))
+    share = eta * (1 - r**2).clamp_min(0).sqrt()  # λ
+    noise = (1 - share**2).sqrt() * (z0_hat - mean) + share * alpha * fresh  # α·(√(1 − λ²)·ε̂ + λ·ε')
+    return (1 - t_next) * (mean + noise) + t_next * z1_hat
+
+
 @torch.no_grad()
 def sample(flow: Any, cond: Tensor, *, steps: int, method: str = "euler", guidance: float | None = None,
-           generator: torch.Generator | None = None, z0: Tensor | None = None, ecg_prior: bool = True) -> Tensor:
+           generator: torch.Generator | None = None, z0: Tensor | None = None, ecg_prior: bool = True,
+           eta: float = 0.0, step_noise: Tensor | None = None) -> Tensor:
     """z1 (B, C, T, H', W') for ECG conditions ``cond`` (B, T, D_ecg).
 
     Starts from ``z0`` if given, else ``flow.initial_state`` (template + α·ε, Eq. 4) drawn from
@@ -62,18 +89,36 @@ def sample(flow: Any, cond: Tensor, *, steps: int, method: str = "euler", guidan
     the learned null condition); ``steps`` uniform steps from t = 0 to 1 with ``method``; ``guidance`` None
     or w. The defaults a trained model uses (steps, method, guidance) are its ``FlowConfig.sample_*``, kept in
     its bundle.
+
+    ``eta`` > 0: stochastic Euler steps (module docstring; needs ``flow.template``, ``flow.config.alpha`` and
+    ``flow.noise``), their fresh noise ``step_noise`` (steps − 1, B, C, T, H', W') or else drawn from
+    ``generator`` after the start's.
     """
     if steps < 1:
         raise ConfigError("steps", f"must be ≥ 1, got {steps}")
     if method not in METHODS:
         raise ConfigError("method", f"{method!r} is not one of {list(METHODS)}")
+    if not 0 <= eta <= 1:
+        raise ConfigError("eta", f"must be in [0, 1], got {eta}")
+    if eta > 0 and method != "euler":
+        raise ConfigError("eta", f"stochastic steps are Euler steps; got method {method!r}")
     step = euler_step if method == "euler" else heun_step
     shift = flow.prior_shift(cond) if ecg_prior else None  # (B, C, T, H', W') or None
     v = guided_velocity(flow, cond, guidance, shift)
-    z = flow.initial_state(cond.shape[0], generator) if z0 is None else z0
+    b = cond.shape[0]
+    z = flow.initial_state(b, generator) if z0 is None else z0
     if shift is not None:
         z = z + shift
     times = torch.linspace(0, 1, steps + 1, device=z.device, dtype=z.dtype)
+    if eta > 0:
+        mean = flow.template if shift is None else flow.template + shift  # (C, T, H', W') or (B, …)
+        if step_noise is None:
+            step_noise = torch.stack([flow.noise(b, generator) for _ in range(steps - 1)]) if steps > 1 else None
+        elif tuple(step_noise.shape) != (steps - 1, *z.shape):
+            raise ConfigError("step_noise", f"shape {tuple(step_noise.shape)} is not {(steps - 1, *z.shape)}")
+        for i in range(steps - 1):
+            z = stochastic_step(v, z, times[i], times[i + 1], mean, flow.config.alpha, eta, step_noise[i].to(z))
+        return euler_step(v, z, times[-2], times[-1])  # t' = 1: no noise left to draw
     for i in range(steps):
         z = step(v, z, times[i], times[i + 1])
     return z
