@@ -23,6 +23,17 @@ def test_help(command: list[str], capsys) -> None:
     assert "usage: ecgflowcmr" in text and len(text.splitlines()) > 4
 
 
+def test_sampler_choices_are_the_pipelines() -> None:
+    from ecgflowcmr.cli import SAMPLER_FLAG
+    from ecgflowcmr.pipeline import SAMPLERS
+
+    assert SAMPLER_FLAG["choices"] == SAMPLERS
+    for command in (["generate"], ["evaluate"]):
+        args = build_parser().parse_args([*command, "--model", "m", "--sampler", "ancestral", *(
+            ["--ecg", "e", "--out", "o"] if command == ["generate"] else ["--data", "d", "--out", "o"])])
+        assert args.sampler == "ancestral"
+
+
 def test_python_dash_m_runs() -> None:
     result = subprocess.run([sys.executable, "-m", "ecgflowcmr", "--help"], capture_output=True, text=True,
                             timeout=60)

@@ -289,14 +289,16 @@ def test_stochastic_steps_keep_the_path_and_reach_the_data_distribution(eta: flo
     cond = torch.zeros(4, 1)
     z0 = flow.initial_state(4, torch.Generator().manual_seed(0))
     euler = sample(flow, cond, steps=400, z0=z0)
-    torch.testing.assert_close(sample(flow, cond, steps=400, z0=z0, eta=0.0, step_noise=torch.randn(399, 4, 4000)),
-                               euler, rtol=0, atol=0)  # η = 0 is Euler: the noise is not even read
-    noisy = sample(flow, cond, steps=400, z0=z0, eta=eta, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(sample(flow, cond, steps=400, z0=z0, method="ancestral", eta=0.0,
+                                      step_noise=torch.randn(399, 4, 4000)), euler, rtol=0, atol=1e-12)  # η = 0: Euler
+    noisy = sample(flow, cond, steps=400, z0=z0, method="ancestral", eta=eta,
+                   generator=torch.Generator().manual_seed(1))
     for out in (euler, noisy):  # 16,000 draws each: mean and spread of N(2, 0.5²) within 1.5 % / 3 %
         assert abs(out.mean().item() - 2.0) < 0.03 and abs(out.std().item() - 0.5) < 0.015
     # the same path as Euler in distribution, not the same samples: the fresh noise moved them
     assert (noisy - euler).abs().mean() > 0.05
-    again = sample(flow, cond, steps=400, z0=z0, eta=eta, generator=torch.Generator().manual_seed(1))
+    again = sample(flow, cond, steps=400, z0=z0, method="ancestral", eta=eta,
+                   generator=torch.Generator().manual_seed(1))
     assert torch.equal(noisy, again)
 
 
@@ -307,8 +309,8 @@ def test_stochastic_steps_remove_an_error_euler_carries_to_the_end() -> None:
     exact = flow.velocity
     flow.velocity = lambda z, t, c, shift=None: exact(z, t, c) * 0.9  # a network that under-shoots by 10 %
     cond = torch.zeros(2, 1)
-    spread = [sample(flow, cond, steps=20, eta=eta, generator=torch.Generator().manual_seed(3)).std().item()
-              for eta in (0.0, 0.5, 1.0)]
+    spread = [sample(flow, cond, steps=20, method="ancestral", eta=eta,
+                     generator=torch.Generator().manual_seed(3)).std().item() for eta in (0.0, 0.5, 1.0)]
     assert spread[0] > spread[1] > spread[2]
 
 
@@ -321,8 +323,9 @@ def test_sampler_rejects_bad_arguments() -> None:
         sample(flow, cond, steps=2, method="rk4")
     with pytest.raises(ConfigError):  # no unconditional model to guide with
         sample(flow, cond, steps=2, guidance=2.0)
-    for bad in ({"eta": -0.1}, {"eta": 1.5}, {"eta": 0.5, "method": "heun"},
-                {"eta": 0.5, "step_noise": torch.zeros(2, 1, *flow.template.shape)}):  # 3 steps need 2 draws…
+    for bad in ({"method": "ancestral", "eta": -0.1}, {"method": "ancestral", "eta": 1.5}, {"eta": 0.5},
+                {"eta": 0.5, "method": "heun"},
+                {"method": "ancestral", "step_noise": torch.zeros(2, 1, *flow.template.shape)}):  # 4 steps: 3 draws
         with pytest.raises(ConfigError):
             sample(flow, cond, steps=4 if "step_noise" in bad else 2, **bad)
 

@@ -19,6 +19,10 @@ USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
 """File-system failures the user causes or can fix (full disk, read-only folder, a file where a folder should
 be): printed as one line with exit status 2, like InputError."""
 
+# pipeline.SAMPLERS, without importing torch to parse the command line
+SAMPLER_FLAG = {"choices": ("euler", "heun", "ancestral"), "default": None,
+                "help": "euler or heun (the ODE), or ancestral (stochastic Euler); default: the bundle's"}
+
 
 def _cmd_phantom(args: argparse.Namespace) -> None:
     from ecgflowcmr.phantom import make_cohort
@@ -125,6 +129,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         from ecgflowcmr.commands.sweep import sweep
 
         for flag, value in (("--model", args.model), ("--steps", args.steps), ("--seed", args.seed),
+                            ("--sampler", args.sampler),
                             ("--turing", args.turing), ("--downstream", args.downstream)):
             if value is not None:
                 raise InputError(flag, "not with --sweep: the SPEC names the runs, seeds and sampler settings")
@@ -138,7 +143,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if args.model is None:
         raise InputError("--model", "required (or --sweep SPEC)")
     path = evaluate(args.model, args.data, args.out, weights=args.weights, segmenter=args.segmenter,
-                    seg_config=args.seg_config, seed=args.seed or 0, steps=args.steps, batch_size=args.batch_size,
+                    seg_config=args.seg_config, seed=args.seed or 0, steps=args.steps, sampler=args.sampler,
+                    batch_size=args.batch_size,
                     max_test=args.max_test, max_train=args.max_train, fid_frames=args.fid_frames,
                     turing=args.turing, downstream=args.downstream, max_baseline=_max_baseline(args))
     if path is not None:  # rank 0 wrote it
@@ -255,7 +261,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    p.add_argument("--sampler", choices=("euler", "heun"), default=None, help="ODE solver")
+    p.add_argument("--sampler", **SAMPLER_FLAG)
     p.set_defaults(func=_cmd_generate)
 
 
@@ -302,6 +308,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seg-config", default="default", help="segmenter preset when training one (default, tiny)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (per subject: as `generate`; default 0)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the bundle's)")
+    p.add_argument("--sampler", **SAMPLER_FLAG)
     p.add_argument("--batch-size", type=int, default=8, help="cines per generation batch (default 8)")
     p.add_argument("--max-test", type=int, default=None, help="measure at most this many test subjects")
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training subjects")

@@ -21,7 +21,7 @@ from ecgflowcmr.canonical import LEADS, N_FRAMES, N_SAMPLES, SIZE, SPACING_MM, t
 from ecgflowcmr.errors import InputError
 from ecgflowcmr.limits import GUIDANCE_MAX, SAMPLER_MAX_STEPS, SCALE_ENV, limit
 
-SAMPLERS = ("euler", "heun")
+SAMPLERS = ("euler", "heun", "ancestral")
 
 
 def item_seed(seed: int, subject_id: str) -> int:
@@ -141,7 +141,7 @@ class Pipeline:
         """The sampler settings a call will use: each argument, or the bundle's default when None; checked.
 
         ``steps`` in 1…``SAMPLER_MAX_STEPS`` (0 is refused, not read as "the default"), ``guidance`` None or
-        finite with |w| ≤ ``GUIDANCE_MAX``, ``method`` euler or heun. Raises InputError naming the argument
+        finite with |w| ≤ ``GUIDANCE_MAX``, ``method`` one of ``SAMPLERS``. Raises InputError naming the argument
         (or ``bundle.json``'s field when the default is at fault).
         """
         meta = self.bundle / "bundle.json"
@@ -168,7 +168,7 @@ class Pipeline:
                        guidance: float | None = None, method: str | None = None,
                        rpeaks: list[np.ndarray] | None = None,
                        problems: list[str] | None = None,
-                       null_condition: bool = False, eta: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                       null_condition: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(B, 12, 5000) mV → (frames (B, 50, 96, 96) in [0, 1], valid (B,) bool); invalid items are NaN.
 
         An item is invalid when its ECG gives no usable cardiac cycle or when its latent or decoded cine is
@@ -199,8 +199,8 @@ class Pipeline:
         if null_condition:
             cond = self.flow.null_condition(cond.shape[0]).to(cond)
         steps, method, guidance = settings["steps"], settings["method"], settings["guidance"]
-        # an item's start and its stochastic steps' noise come from its own generator, in that order
-        extra = steps - 1 if eta > 0 else 0
+        # an item's start and its ancestral steps' noise come from its own generator, in that order
+        extra = steps - 1 if method == "ancestral" else 0
         if isinstance(seed, int):
             generators = [torch.Generator(device=self.device).manual_seed(seed)]
             counts = [cond.shape[0]]
@@ -213,7 +213,7 @@ class Pipeline:
         step_noise = torch.stack([torch.cat(parts) for parts in zip(*[noise for _, noise in draws])]) if extra else None
         start = time.perf_counter()
         z1 = sample(self.flow, cond, steps=steps, method=method, guidance=guidance, z0=z0,
-                    ecg_prior=not null_condition, eta=eta, step_noise=step_noise)
+                    ecg_prior=not null_condition, step_noise=step_noise)
         self.timings.sample += time.perf_counter() - start
         start = time.perf_counter()
         video = self.vae.decode_latent(z1)  # (b, 1, 50, 96, 96) in [-1, 1]

@@ -10,7 +10,7 @@ shared by every variant, the training seeds, and the variants:
   of cut at the predicted cycle; the PA-MAE's weights are reused); it is trained once per seed
   (``train.seed``) with ``training.tasks.train`` on the flow stage, reusing the PA-MAE and VAE runs;
 - a *sampling* variant (``from: TRAINING_VARIANT``) samples that variant's trained flows with other sampler
-  settings (``steps``, ``method`` euler/heun, ``guidance``, each a value or a list: their product): no
+  settings (``steps``, ``method`` euler/heun/ancestral, ``guidance``, each a value or a list: their product): no
   training.
 
 Every (variant, seed) is evaluated on the store's held-out split by ``commands.evaluate.measure_model`` (the

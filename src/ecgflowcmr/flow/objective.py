@@ -78,8 +78,9 @@ class FlowConfig:
     classifier-free guidance; 0 disables it and guidance is then refused)."""
     sample_steps: int = 4
     """Default number of integration steps from t = 0 to 1 (benchmarks/dit.py: speed vs steps)."""
-    sample_method: Literal["euler", "heun"] = "euler"
-    """Default integrator: 'euler' (Eq. 8, 1 pass per step) or 'heun' (2 passes per step)."""
+    sample_method: Literal["euler", "heun", "ancestral"] = "euler"
+    """Default integrator: 'euler' (Eq. 8, 1 pass per step), 'heun' (2 passes per step) or 'ancestral'
+    (stochastic Euler, 1 pass per step: fresh noise at each step's noise level; ``flow.sampler``)."""
     sample_guidance: float | None = None
     """Default classifier-free guidance weight w (v = v_u + w·(v_c − v_u)); None = conditional only."""
     prediction: Literal["velocity", "clean"] = "velocity"

@@ -8,7 +8,7 @@ generator)``, ``prior_shift(c)`` (the ECG prior's start relative to the template
     Heun:           z' = z_t + Δt·v(z_t, t);  z_{t+Δt} = z_t + Δt/2·(v(z_t, t) + v(z', t+Δt))   2 passes
     Guidance:       v = v_u + w·(v_c − v_u), v_c and v_u from ONE batched pass (2B items)
 
-Stochastic Euler (``eta`` = η in [0, 1]; DDIM's η for the straight path of Eq. 4). One pass gives both ends of
+Ancestral:      stochastic Euler (``eta`` = η in [0, 1], default 1; DDIM's η for the straight path of Eq. 4). One pass gives both ends of
 the straight line through z_t: ẑ1 = z_t + (1 − t)·v̂ and ẑ0 = z_t − t·v̂ = m + α·ε̂, with m the start's mean
 (template, plus the ECG prior's Δ). Euler is  z_{t'} = (1 − t')·ẑ0 + t'·ẑ1;  the stochastic step replaces a
 share λ of the recovered noise ε̂ by fresh noise ε' of the same structure (``flow.noise``):
@@ -33,7 +33,7 @@ from torch import Tensor
 from ecgflowcmr.errors import ConfigError
 
 Velocity = Callable[[Tensor, Tensor], Tensor]
-METHODS = ("euler", "heun")
+METHODS = ("euler", "heun", "ancestral")
 
 
 def guided_velocity(flow: Any, cond: Tensor, guidance: float | None, shift: Tensor | None = None) -> Velocity:
@@ -81,7 +81,7 @@ def stochastic_step(v: Velocity, z: Tensor, t: Tensor, t_next: Tensor, mean: Ten
 @torch.no_grad()
 def sample(flow: Any, cond: Tensor, *, steps: int, method: str = "euler", guidance: float | None = None,
            generator: torch.Generator | None = None, z0: Tensor | None = None, ecg_prior: bool = True,
-           eta: float = 0.0, step_noise: Tensor | None = None) -> Tensor:
+           eta: float | None = None, step_noise: Tensor | None = None) -> Tensor:
     """z1 (B, C, T, H', W') for ECG conditions ``cond`` (B, T, D_ecg).
 
     Starts from ``z0`` if given, else ``flow.initial_state`` (template + α·ε, Eq. 4) drawn from
@@ -90,19 +90,20 @@ def sample(flow: Any, cond: Tensor, *, steps: int, method: str = "euler", guidan
     or w. The defaults a trained model uses (steps, method, guidance) are its ``FlowConfig.sample_*``, kept in
     its bundle.
 
-    ``eta`` > 0: stochastic Euler steps (module docstring; needs ``flow.template``, ``flow.config.alpha`` and
-    ``flow.noise``), their fresh noise ``step_noise`` (steps − 1, B, C, T, H', W') or else drawn from
-    ``generator`` after the start's.
+    ``method="ancestral"``: stochastic Euler steps with ``eta`` (None: 1; module docstring; needs
+    ``flow.template``, ``flow.config.alpha`` and ``flow.noise``), their fresh noise ``step_noise`` (steps − 1,
+    B, C, T, H', W') or else drawn from ``generator`` after the start's.
     """
     if steps < 1:
         raise ConfigError("steps", f"must be ≥ 1, got {steps}")
     if method not in METHODS:
         raise ConfigError("method", f"{method!r} is not one of {list(METHODS)}")
+    if eta is not None and method != "ancestral":
+        raise ConfigError("eta", f"is the ancestral sampler's; got method {method!r}")
+    eta = 1.0 if eta is None else eta
     if not 0 <= eta <= 1:
         raise ConfigError("eta", f"must be in [0, 1], got {eta}")
-    if eta > 0 and method != "euler":
-        raise ConfigError("eta", f"stochastic steps are Euler steps; got method {method!r}")
-    step = euler_step if method == "euler" else heun_step
+    step = heun_step if method == "heun" else euler_step
     shift = flow.prior_shift(cond) if ecg_prior else None  # (B, C, T, H', W') or None
     v = guided_velocity(flow, cond, guidance, shift)
     b = cond.shape[0]
@@ -110,7 +111,7 @@ def sample(flow: Any, cond: Tensor, *, steps: int, method: str = "euler", guidan
     if shift is not None:
         z = z + shift
     times = torch.linspace(0, 1, steps + 1, device=z.device, dtype=z.dtype)
-    if eta > 0:
+    if method == "ancestral":
         mean = flow.template if shift is None else flow.template + shift  # (C, T, H', W') or (B, …)
         if step_noise is None:
             step_noise = torch.stack([flow.noise(b, generator) for _ in range(steps - 1)]) if steps > 1 else None
