@@ -65,7 +65,7 @@ def test_sweep_table_charts_and_resume(upstream: dict[str, Path], swept: Path) -
     assert sorted((r["variant"], r["seed"]) for r in rows) == [("alpha[alpha=1.5]", "0"), ("alpha[alpha=1.5]", "1"),
                                                                ("base", "0"), ("base", "1")]
     assert {r["alpha"] for r in rows} == {"0.5", "1.5"}  # the tiny default, the override
-    assert {(r["steps"], r["method"]) for r in rows} == {("1", "euler")}
+    assert {(r["steps"], r["method"]) for r in rows} == {("1", "ancestral")}  # the tiny default
     assert {r["overrides"] for r in rows} == {"", "model.alpha=1.5"}
     assert all(float(r["psnr_db"]) > 0 and float(r["fid_cmr"]) >= 0 for r in rows)
     metrics = json.loads((out / "metrics.json").read_text())
