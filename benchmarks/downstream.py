@@ -2,7 +2,7 @@
 machine's matmul rate; with ``--plan``, the projected wall time of a whole ``downstream`` run.
 
     .venv/bin/python benchmarks/downstream.py [--presets tiny tiny_tubes paper] [--threads N] [--device cpu|cuda]
-    .venv/bin/python benchmarks/downstream.py --plan STORE [--config tiny] [--set k=v …] [--ablations N] \
+    .venv/bin/python benchmarks/downstream.py --plan STORE [--config tiny] [--set k=v …] [--ablations N] [--cines N] \
         [--model BUNDLE --ecg-only MANIFEST | --generate-seconds S] [--threads N]
 
 Prints one table. FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` for one step, so
@@ -124,7 +124,7 @@ def project_plan(args: argparse.Namespace, device: torch.device) -> None:
     from ecgflowcmr.downstream.plan import Rates, plan, project
 
     cfg = load_config(DownstreamConfig, "downstream", args.config, args.set)
-    work = plan(cfg, args.plan, ablations=args.ablations)
+    work = plan(cfg, args.plan, ablations=args.ablations, supplied=args.cines)
     if args.generate_seconds is not None:
         gen = args.generate_seconds
     elif work.generated and args.model and args.ecg_only:
@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="bundle whose generation speed --plan measures")
     parser.add_argument("--ecg-only", default=None, help="manifest with the ECG-only subjects to generate from")
     parser.add_argument("--ablations", type=int, default=0, help="ablated bundles the run will add (--plan)")
+    parser.add_argument("--cines", type=int, default=0, help="--cines folders the run will add (--plan)")
     parser.add_argument("--generate-seconds", type=float, default=None, help="seconds per generated cine, "
                         "measured elsewhere (skips that measurement)")
     args = parser.parse_args()

@@ -166,7 +166,7 @@ def test_plan_counts_the_work_the_experiment_does(labelled_store: Path, tmp_path
     cfg = load_config(DownstreamConfig, "downstream", "tiny", [*FAST, "mix=[0, 1]", "tasks=[cm, phenotypes]",
                                                                 "controls=[]", "finetune.epochs=0",
                                                                 "finetune.steps=2", "pretrain_split=train"])
-    work = plan(cfg, labelled_store)
+    work = plan(cfg, labelled_store, supplied=1)
     passes = {"pretrain": 0, "finetune": 0, "runs": 0}
     original = experiment.fit_once
 
@@ -178,14 +178,16 @@ def test_plan_counts_the_work_the_experiment_does(labelled_store: Path, tmp_path
         return summary
 
     monkeypatch.setattr(experiment, "fit_once", spy)
-    rows = run_experiment(cfg, labelled_store, {"ecg": pool(14)}, tmp_path / "out", log=lambda m: None)
+    rows = run_experiment(cfg, labelled_store, {"ecg": pool(14), "cines:given": pool(14)}, tmp_path / "out",
+                          log=lambda m: None)
+    # the supplied folder is pretrained on and fine-tuned like a generated source, but never generated
     assert work.sources == ["ecg"] and work.sizes["synthetic_needed"] == 14 and work.generated_per_source == 17
-    assert work.pretrainings == 2 and work.pretrain_cines == passes["pretrain"] == 2 * 2 * 4
-    assert work.finetunes + work.pretrainings == passes["runs"] == 2 + 3 * 2 * 2  # 3 methods, 2 folds, 2 tasks
+    assert work.pretrainings == 3 and work.pretrain_cines == passes["pretrain"] == 3 * 2 * 4
+    assert work.finetunes + work.pretrainings == passes["runs"] == 3 + 4 * 2 * 2  # 4 methods, 2 folds, 2 tasks
     assert work.finetune_cines == passes["finetune"]
     assert work.predictions == sum(r["n_test"] for r in rows if r["metric"] in ("auc", "mean_r2"))
     seconds = project(work, Rates(1.0, 16.0, 32.0, 64.0, 0.5))
-    assert seconds["generate"] == 17 and seconds["pretrain"] == 1.0
+    assert seconds["generate"] == 17 and seconds["pretrain"] == 1.5
     assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"))
 
 

@@ -68,13 +68,14 @@ def _steps(train: TrainConfig, n_train: int) -> tuple[int, int]:
     return train.steps, batch
 
 
-def plan(cfg: DownstreamConfig, store: str | Path, ablations: int = 0) -> Work:
+def plan(cfg: DownstreamConfig, store: str | Path, ablations: int = 0, supplied: int = 0) -> Work:
     """Count the work of ``cfg`` on ``store`` (ECG-conditioned source, ``cfg.controls``, ``ablations``
-    more bundles)."""
+    more bundles; ``supplied`` folders of cines given with ``--cines``: pretrained on, never generated)."""
     subjects, reserved = cohorts(store, cfg.folds, cfg.seed, cfg.pretrain_split)
     need = synthetic_needed(cfg, subjects, reserved)
     sources = ["ecg", *cfg.controls, *(f"ablation{i}" for i in range(ablations))] if need else []
-    methods = methods_of(cfg, sources)
+    given = [f"cines:{i}" for i in range(supplied)] if need else []
+    methods = methods_of(cfg, [*sources, *given])
     pretrained = [m for m in methods if m.name != "scratch"]
     runs = len(pretrained) * (1 if reserved else cfg.folds)
     finetunes = finetune_cines = predictions = 0
