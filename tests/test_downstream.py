@@ -94,6 +94,23 @@ def test_invalid_downstream_configs_raise() -> None:
             load_config(DownstreamConfig, "downstream", "tiny", sets)
 
 
+def test_a_pack_is_reused_only_for_the_same_files(tmp_path: Path) -> None:
+    from ecgflowcmr.downstream.synthetic import pack_pool
+    from ecgflowcmr.io.cmr import write_nifti_cine
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "other_a"):
+        write_nifti_cine(tmp_path / f"{name}.nii.gz", rng.random((50, 96, 96), dtype=np.float32))
+    files = [("a", tmp_path / "a.nii.gz"), ("b", tmp_path / "b.nii.gz")]
+    first = np.array(pack_pool("cines:x", files, tmp_path / "pack").cines)
+    stamp = (tmp_path / "pack" / "files.sha256").stat().st_mtime_ns
+    assert np.array_equal(pack_pool("cines:x", files, tmp_path / "pack").cines, first)
+    assert (tmp_path / "pack" / "files.sha256").stat().st_mtime_ns == stamp  # reused, not packed again
+    moved = pack_pool("cines:x", [("a", tmp_path / "other_a.nii.gz"), files[1]], tmp_path / "pack")
+    assert moved.subject_ids == ["a", "b"] and not np.array_equal(moved.cines[0], first[0])  # the new file's
+    assert np.array_equal(moved.cines[1], first[1])
+
+
 def test_pools_refuse_real_subjects_and_too_few(labelled_store: Path) -> None:
     cfg = load_config(DownstreamConfig, "downstream", "tiny", [*FAST, "mix=[0, 1]"])
     subjects = real_cohort(labelled_store, cfg.folds, cfg.seed)
