@@ -8,10 +8,12 @@ generator)``, ``prior_shift(c)`` (the ECG prior's start relative to the template
     Heun:           z' = z_t + Δt·v(z_t, t);  z_{t+Δt} = z_t + Δt/2·(v(z_t, t) + v(z', t+Δt))   2 passes
     Guidance:       v = v_u + w·(v_c − v_u), v_c and v_u from ONE batched pass (2B items)
 
-Ancestral:      stochastic Euler (``eta`` = η in [0, 1], default 1; DDIM's η for the straight path of Eq. 4). One pass gives both ends of
-the straight line through z_t: ẑ1 = z_t + (1 − t)·v̂ and ẑ0 = z_t − t·v̂ = m + α·ε̂, with m the start's mean
-(template, plus the ECG prior's Δ). Euler is  z_{t'} = (1 − t')·ẑ0 + t'·ẑ1;  the stochastic step replaces a
-share λ of the recovered noise ε̂ by fresh noise ε' of the same structure (``flow.noise``):
+Ancestral (stochastic Euler, 1 pass per step; ``eta`` = η in [0, 1], default 1: DDIM's η for the straight
+path of Eq. 4). One pass gives both ends of the straight line through z_t: ẑ1 = z_t + (1 − t)·v̂ and
+ẑ0 = z_t − t·v̂ = m + α·ε̂, with m the start's mean (template, plus the ECG prior's Δ). Euler is
+z_{t'} = (1 − t')·ẑ0 + t'·ẑ1; the ancestral step replaces a share λ of the recovered noise ε̂ by fresh
+noise ε' of the same structure (``flow.noise``, which then also belongs to ``flow``'s contract, with
+``flow.template`` and ``flow.config.alpha``):
 
     z_{t'} = (1 − t')·(m + α·(√(1 − λ²)·ε̂ + λ·ε')) + t'·ẑ1,   λ = η·√(1 − r²),  r = t·(1 − t') / (t'·(1 − t))
 
