@@ -612,6 +612,30 @@ def test_with_the_prior_an_untrained_clean_flow_lands_on_template_plus_prior() -
     torch.testing.assert_close(plain, flow.template.expand_as(plain))
 
 
+def test_guidance_with_the_prior_combines_clean_estimates_each_from_its_own_path() -> None:
+    """The unconditional model was trained from the plain template: at the conditional path's z its own path
+    is at z − (1 − t)·Δ. Guidance is ẑ1_u + w·(ẑ1_c − ẑ1_u) of the two clean estimates ẑ1 = z + (1 − t)·v, each
+    from its own path; w = 1 is the conditional velocity."""
+    from ecgflowcmr.flow.sampler import guided_velocity
+
+    flow = small_flow(prior="ecg_linear", prior_time_bins=3, cond_dropout=0.1)
+    for name in ("coef", "basis", "intercept", "offset"):
+        getattr(flow.prior, name).normal_()
+    cond = torch.randn(2, 6, 8)
+    shift, null = flow.prior_shift(cond), flow.null_condition(2)
+    z = flow.initial_state(2, torch.Generator().manual_seed(3)) + shift + 0.3 * torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        for t_value, w in ((0.0, 2.0), (0.4, 2.0), (0.7, 1.5)):
+            t = torch.tensor(t_value)
+            clean_c = z + (1 - t) * flow.velocity(z, t.expand(2), cond, shift)
+            z_u = z - (1 - t) * shift
+            clean_u = z_u + (1 - t) * flow.velocity(z_u, t.expand(2), null)
+            expected = (clean_u + w * (clean_c - clean_u) - z) / (1 - t)
+            torch.testing.assert_close(guided_velocity(flow, cond, w, shift)(z, t), expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(guided_velocity(flow, cond, 1.0, shift)(z, t),
+                                       flow.velocity(z, t.expand(2), cond, shift), atol=1e-5, rtol=1e-5)
+
+
 def test_a_dropped_condition_starts_from_the_plain_template() -> None:
     flow = small_flow(prior="ecg_linear", prior_time_bins=3, cond_dropout=0.5)
     z1, c = torch.randn(2, *SHAPE), torch.randn(2, 6, 8)

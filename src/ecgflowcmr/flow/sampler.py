@@ -40,16 +40,23 @@ METHODS = ("euler", "heun", "ancestral")
 
 def guided_velocity(flow: Any, cond: Tensor, guidance: float | None, shift: Tensor | None = None) -> Velocity:
     """v(z (B, C, T, H', W'), t scalar tensor) → (B, C, T, H', W'), conditional or guided; ``shift`` the ECG
-    prior's Δ(c) for the conditional branch (the unconditional one was trained from the plain template)."""
+    prior's Δ(c) for the conditional branch.
+
+    With a prior the two branches lie on different paths: the unconditional model was trained from the plain
+    template, so the point of its path with the same noise and the same z1 is z − (1 − t)·Δ. Guidance combines
+    the two clean estimates, each from its own path, ẑ1 = ẑ1_u + w·(ẑ1_c − ẑ1_u) with ẑ1 = z + (1 − t)·v, which
+    as a velocity at z is v_u(z − (1 − t)·Δ) + w·(v_c(z) − v_u(…)) + (w − 1)·Δ (w = 1: the conditional one).
+    """
     b = cond.shape[0]
     if guidance is None:
         return lambda z, t: flow.velocity(z, t.expand(b), cond, shift)
     both = torch.cat([cond, flow.null_condition(b).to(cond)])  # (2B, T, D): conditional, then unconditional
-    shifts = None if shift is None else torch.cat([shift, torch.zeros_like(shift)])  # (2B, C, T, H', W')
 
     def velocity(z: Tensor, t: Tensor) -> Tensor:
+        shifts = None if shift is None else torch.cat([shift, (1 - t) * shift])  # (2B, C, T, H', W')
         v_c, v_u = flow.velocity(torch.cat([z, z]), t.expand(2 * b), both, shifts).chunk(2)
-        return v_u + guidance * (v_c - v_u)
+        guided = v_u + guidance * (v_c - v_u)
+        return guided if shift is None else guided + (guidance - 1) * shift
 
     return velocity
 
