@@ -32,6 +32,8 @@ def test_sampler_choices_are_the_pipelines() -> None:
         args = build_parser().parse_args([*command, "--model", "m", "--sampler", "ancestral", *(
             ["--ecg", "e", "--out", "o"] if command == ["generate"] else ["--data", "d", "--out", "o"])])
         assert args.sampler == "ancestral"
+    args = build_parser().parse_args(["evaluate", "--model", "m", "--data", "d", "--out", "o", "--guidance", "1.5"])
+    assert args.guidance == 1.5
 
 
 def test_python_dash_m_runs() -> None:

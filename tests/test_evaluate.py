@@ -106,7 +106,7 @@ def _evaluate_rank(rank: int, world: int, port: int, demo: Path, out: Path) -> N
     torch.set_num_threads(1)
     path = evaluate(demo / "flow", demo / "heldout_store", out, segmenter=demo / "evaluation" / "segmenter",
                     seg_config="tiny", max_test=6, max_train=4, batch_size=2, max_baseline=3, fid_frames=0, examples=1,
-                    sampler="ancestral")  # its fresh noise per item too shards like the rest
+                    sampler="ancestral", guidance=1.5)  # its fresh noise per item too shards like the rest
     (out.parent / f"{out.name}-rank{rank}.json").write_text(json.dumps(str(path) if path else None))
 
 
@@ -135,7 +135,8 @@ def test_two_gloo_ranks_give_the_single_process_metrics(evaluated: Path, tmp_pat
     assert json.loads((tmp_path / "two-rank1.json").read_text()) is None  # rank 1 wrote nothing
     one, two = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two"))
     assert one["instrument"]["subjects"]["test"] == 6 and one["instrument"]["subjects"]["baseline"] == 3
-    assert "sampler ancestral" in one["speed"]["seconds_per_video"]["definition"]
+    definition = one["speed"]["seconds_per_video"]["definition"]
+    assert "sampler ancestral" in definition and "guidance 1.5" in definition
     for metrics in (one, two):
         del metrics["speed"]
     assert two == one

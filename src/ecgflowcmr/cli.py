@@ -129,7 +129,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         from ecgflowcmr.commands.sweep import sweep
 
         for flag, value in (("--model", args.model), ("--steps", args.steps), ("--seed", args.seed),
-                            ("--sampler", args.sampler),
+                            ("--sampler", args.sampler), ("--guidance", args.guidance),
                             ("--turing", args.turing), ("--downstream", args.downstream)):
             if value is not None:
                 raise InputError(flag, "not with --sweep: the SPEC names the runs, seeds and sampler settings")
@@ -144,7 +144,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         raise InputError("--model", "required (or --sweep SPEC)")
     path = evaluate(args.model, args.data, args.out, weights=args.weights, segmenter=args.segmenter,
                     seg_config=args.seg_config, seed=args.seed or 0, steps=args.steps, sampler=args.sampler,
-                    batch_size=args.batch_size,
+                    guidance=args.guidance, batch_size=args.batch_size,
                     max_test=args.max_test, max_train=args.max_train, fid_frames=args.fid_frames,
                     turing=args.turing, downstream=args.downstream, max_baseline=_max_baseline(args))
     if path is not None:  # rank 0 wrote it
@@ -309,6 +309,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="noise seed (per subject: as `generate`; default 0)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the bundle's)")
     p.add_argument("--sampler", **SAMPLER_FLAG)
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the bundle's; 1: the conditional flow alone)")
     p.add_argument("--batch-size", type=int, default=8, help="cines per generation batch (default 8)")
     p.add_argument("--max-test", type=int, default=None, help="measure at most this many test subjects")
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training subjects")

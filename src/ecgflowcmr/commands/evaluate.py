@@ -26,13 +26,13 @@ from ecgflowcmr.evaluation.instrument import DEFAULT_MAX_BASELINE
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: str | Path | None = None,
              segmenter: str | Path | None = None, seg_config: str = "default", seed: int = 0,
-             steps: int | None = None, sampler: str | None = None, batch_size: int = 8,
+             steps: int | None = None, sampler: str | None = None, guidance: float | None = None, batch_size: int = 8,
              max_test: int | None = None, max_train: int | None = None, fid_frames: int = 5, examples: int = 4,
              turing: str | Path | None = None, downstream: str | Path | None = None,
              max_baseline: int | None = DEFAULT_MAX_BASELINE) -> Path | None:
     """Evaluate ``model`` on ``data`` into ``out`` (see the module docstring); returns ``out/metrics.json`` (None
     on the ranks other than 0 under torchrun).
-    ``sampler``: euler, heun or ancestral (default: the bundle's);
+    ``sampler``: euler, heun or ancestral, ``guidance`` w (default: the bundle's);
     ``max_baseline``: the floors and baselines are measured on the first min(test, max_baseline) test
     subjects (None: all), the generated cines on all of them (``measure_instrument``);
     ``turing``: a Turing study folder (``ecgflowcmr turing create``) whose scores join the report;
@@ -52,7 +52,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     pipe = load_pipeline(model)
-    pipe.sampling = pipe.sampling_settings(method=sampler)  # the bundle's defaults but for the sampler given
+    pipe.sampling = pipe.sampling_settings(method=sampler, guidance=guidance)  # the bundle's, but what is given
     seg, seg_seconds = ensure_segmenter(data, Path(segmenter) if segmenter is not None else out / "segmenter",
                                         seg_config, given=segmenter is not None)
     scorers = Scorers.load(weights, fid_frames) if rank == 0 else None

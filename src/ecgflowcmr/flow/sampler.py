@@ -45,10 +45,11 @@ def guided_velocity(flow: Any, cond: Tensor, guidance: float | None, shift: Tens
     With a prior the two branches lie on different paths: the unconditional model was trained from the plain
     template, so the point of its path with the same noise and the same z1 is z − (1 − t)·Δ. Guidance combines
     the two clean estimates, each from its own path, ẑ1 = ẑ1_u + w·(ẑ1_c − ẑ1_u) with ẑ1 = z + (1 − t)·v, which
-    as a velocity at z is v_u(z − (1 − t)·Δ) + w·(v_c(z) − v_u(…)) + (w − 1)·Δ (w = 1: the conditional one).
+    as a velocity at z is v_u(z − (1 − t)·Δ) + w·(v_c(z) − v_u(…)) + (w − 1)·Δ (w = 1: the conditional one, computed
+    as such).
     """
     b = cond.shape[0]
-    if guidance is None:
+    if guidance is None or guidance == 1:  # w = 1 is the conditional velocity: one pass, not two
         return lambda z, t: flow.velocity(z, t.expand(b), cond, shift)
     both = torch.cat([cond, flow.null_condition(b).to(cond)])  # (2B, T, D): conditional, then unconditional
 
