@@ -122,7 +122,8 @@ class FlowConfig:
         if self.prior == "ecg_linear" and not self.use_template:
             raise ConfigError("model.prior", "'ecg_linear' predicts the deviation from the template: needs use_template")
         if self.sample_guidance is not None and self.cond_dropout == 0:
-            raise ConfigError("model.sample_guidance", "guidance needs cond_dropout > 0 (an unconditional model)")
+            raise ConfigError("model.sample_guidance", "guidance needs cond_dropout > 0 (an unconditional model); "
+                                                      "with model.cond_dropout=0 set model.sample_guidance=null too")
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
