@@ -166,8 +166,7 @@ def test_every_parameter_gets_a_gradient(dropout: float) -> None:  # DDP without
      (dict(logit_std=0.0), "logit_std"), (dict(sample_steps=0), "sample_steps"),
      (dict(cond_dropout=0.0, sample_guidance=2.0), "sample_guidance"),
      (dict(noise_time_correlation=1.5), "noise_time_correlation"),
-     (dict(noise_time_correlation=-0.1), "noise_time_correlation"), (dict(clean_t_eps=0.0), "clean_t_eps"),
-     (dict(sample_guidance_until=0.0), "sample_guidance_until"), (dict(sample_guidance_until=1.5), "sample_guidance_until")],
+     (dict(noise_time_correlation=-0.1), "noise_time_correlation"), (dict(clean_t_eps=0.0), "clean_t_eps")],
 )
 def test_invalid_flow_configs_raise(bad: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -250,32 +249,6 @@ def test_guidance_is_one_batched_pass_equal_to_two_passes() -> None:
     torch.testing.assert_close(guided, z, atol=1e-5, rtol=1e-5)
     flow.velocity = original
     assert not torch.allclose(guided, sample(flow, cond, steps=steps, z0=z0))  # guidance changes the result
-
-
-def test_guidance_until_guides_only_the_noisier_steps() -> None:
-    """guidance_until = 0.5 with 4 steps: the steps from t = 0 and 0.25 are guided (one batched pass of 2B), those
-    from 0.5 and 0.75 conditional (B); the result is that mix, step by step."""
-    flow = small_flow(cond_dropout=0.1)
-    cond, w, steps = torch.randn(3, 6, 8), 2.0, 4
-    z0 = flow.initial_state(3, torch.Generator().manual_seed(1))
-    calls, original = [], flow.velocity
-
-    def counting(z: Tensor, t: Tensor, c: Tensor, shift: Tensor | None = None) -> Tensor:
-        calls.append(z.shape[0])
-        return original(z, t, c, shift)
-
-    flow.velocity = counting
-    mixed = sample(flow, cond, steps=steps, guidance=w, z0=z0, guidance_until=0.5)
-    flow.velocity = original
-    assert calls == [6, 6, 3, 3]
-    z, null = z0, flow.null_condition(3)
-    for i in range(steps):
-        t = torch.full((3,), i / steps)
-        v_c, v_u = original(z, t, cond), original(z, t, null)
-        z = z + (1 / steps) * (v_u + w * (v_c - v_u) if i < 2 else v_c)
-    torch.testing.assert_close(mixed, z, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(sample(flow, cond, steps=steps, guidance=w, z0=z0, guidance_until=1.0),
-                               sample(flow, cond, steps=steps, guidance=w, z0=z0))
 
 
 def test_seeded_sampling_is_reproducible() -> None:

@@ -213,7 +213,6 @@ class Pipeline:
         step_noise = torch.stack([torch.cat(parts) for parts in zip(*[noise for _, noise in draws])]) if extra else None
         start = time.perf_counter()
         z1 = sample(self.flow, cond, steps=steps, method=method, guidance=guidance, z0=z0,
-                    guidance_until=self.flow.config.sample_guidance_until,
                     ecg_prior=not null_condition, step_noise=step_noise)
         self.timings.sample += time.perf_counter() - start
         start = time.perf_counter()

@@ -186,8 +186,7 @@ def flow_metrics(model: FlowMatching, pairs: LatentPairs | None, cfg: EvalConfig
         for start in range(0, n, cfg.batch_size):
             part = c[start : start + cfg.batch_size].to(device)
             out.append(sample(model, part, steps=config.sample_steps, method=config.sample_method,
-                              guidance=config.sample_guidance, guidance_until=config.sample_guidance_until,
-                              generator=generator).cpu())
+                              guidance=config.sample_guidance, generator=generator).cpu())
         return torch.cat(out)
 
     how = (f"{config.sample_steps} {config.sample_method} steps, guidance {config.sample_guidance}, "

@@ -83,9 +83,6 @@ class FlowConfig:
     (stochastic Euler, 1 pass per step: fresh noise at each step's noise level; ``flow.sampler``)."""
     sample_guidance: float | None = None
     """Default classifier-free guidance weight w (v = v_u + w·(v_c − v_u)); None = conditional only."""
-    sample_guidance_until: float = 1.0
-    """Guidance acts on the sampling steps that start at t < this (the noisier part of the path), the later ones
-    use the conditional velocity alone (one pass); 1.0: every step."""
     prediction: Literal["velocity", "clean"] = "velocity"
     """What the network outputs: the velocity (paper, Eq. 6) or the clean latent ẑ1 as a deviation from the
     template, turned into v̂ = (ẑ1 − z_t)/max(1 − t, clean_t_eps) (see the module docstring)."""
@@ -124,8 +121,6 @@ class FlowConfig:
             raise ConfigError("model.prior_time_bins", f"must be ≥ 1, got {self.prior_time_bins}")
         if self.prior == "ecg_linear" and not self.use_template:
             raise ConfigError("model.prior", "'ecg_linear' predicts the deviation from the template: needs use_template")
-        if not 0 < self.sample_guidance_until <= 1:
-            raise ConfigError("model.sample_guidance_until", f"must be in (0, 1], got {self.sample_guidance_until}")
         if self.sample_guidance is not None and self.cond_dropout == 0:
             raise ConfigError("model.sample_guidance", "guidance needs cond_dropout > 0 (an unconditional model); "
                                                       "with model.cond_dropout=0 set model.sample_guidance=null too")

@@ -38,8 +38,7 @@ Velocity = Callable[[Tensor, Tensor], Tensor]
 METHODS = ("euler", "heun", "ancestral")
 
 
-def guided_velocity(flow: Any, cond: Tensor, guidance: float | None, shift: Tensor | None = None,
-                    until: float = 1.0) -> Velocity:
+def guided_velocity(flow: Any, cond: Tensor, guidance: float | None, shift: Tensor | None = None) -> Velocity:
     """v(z (B, C, T, H', W'), t scalar tensor) → (B, C, T, H', W'), conditional or guided; ``shift`` the ECG
     prior's Δ(c) for the conditional branch.
 
@@ -47,7 +46,7 @@ def guided_velocity(flow: Any, cond: Tensor, guidance: float | None, shift: Tens
     template, so the point of its path with the same noise and the same z1 is z − (1 − t)·Δ. Guidance combines
     the two clean estimates, each from its own path, ẑ1 = ẑ1_u + w·(ẑ1_c − ẑ1_u) with ẑ1 = z + (1 − t)·v, which
     as a velocity at z is v_u(z − (1 − t)·Δ) + w·(v_c(z) − v_u(…)) + (w − 1)·Δ (w = 1: the conditional one, computed
-    as such). ``until``: guidance only where t < until, the conditional velocity (one pass) elsewhere.
+    as such).
     """
     b = cond.shape[0]
     if guidance is None or guidance == 1:  # w = 1 is the conditional velocity: one pass, not two
@@ -55,8 +54,6 @@ def guided_velocity(flow: Any, cond: Tensor, guidance: float | None, shift: Tens
     both = torch.cat([cond, flow.null_condition(b).to(cond)])  # (2B, T, D): conditional, then unconditional
 
     def velocity(z: Tensor, t: Tensor) -> Tensor:
-        if t >= until:
-            return flow.velocity(z, t.expand(b), cond, shift)
         shifts = None if shift is None else torch.cat([shift, (1 - t) * shift])  # (2B, C, T, H', W')
         v_c, v_u = flow.velocity(torch.cat([z, z]), t.expand(2 * b), both, shifts).chunk(2)
         guided = v_u + guidance * (v_c - v_u)
@@ -94,14 +91,14 @@ def stochastic_step(v: Velocity, z: Tensor, t: Tensor, t_next: Tensor, mean: Ten
 @torch.no_grad()
 def sample(flow: Any, cond: Tensor, *, steps: int, method: str = "euler", guidance: float | None = None,
            generator: torch.Generator | None = None, z0: Tensor | None = None, ecg_prior: bool = True,
-           eta: float | None = None, step_noise: Tensor | None = None, guidance_until: float = 1.0) -> Tensor:
+           eta: float | None = None, step_noise: Tensor | None = None) -> Tensor:
     """z1 (B, C, T, H', W') for ECG conditions ``cond`` (B, T, D_ecg).
 
     Starts from ``z0`` if given, else ``flow.initial_state`` (template + α·ε, Eq. 4) drawn from
     ``generator``, moved by the flow's ECG prior Δ(cond) when it has one (``ecg_prior=False``: not, as for
     the learned null condition); ``steps`` uniform steps from t = 0 to 1 with ``method``; ``guidance`` None
-    or w, applied on the steps that start at t < ``guidance_until``. The defaults a trained model uses (steps,
-    method, guidance, its interval) are its ``FlowConfig.sample_*``, kept in its bundle.
+    or w. The defaults a trained model uses (steps, method, guidance) are its ``FlowConfig.sample_*``, kept in
+    its bundle.
 
     ``method="ancestral"``: stochastic Euler steps with ``eta`` (None: 1; module docstring; needs
     ``flow.template``, ``flow.config.alpha`` and ``flow.noise``), their fresh noise ``step_noise`` (steps − 1,
@@ -118,7 +115,7 @@ def sample(flow: Any, cond: Tensor, *, steps: int, method: str = "euler", guidan
         raise ConfigError("eta", f"must be in [0, 1], got {eta}")
     step = heun_step if method == "heun" else euler_step
     shift = flow.prior_shift(cond) if ecg_prior else None  # (B, C, T, H', W') or None
-    v = guided_velocity(flow, cond, guidance, shift, guidance_until)
+    v = guided_velocity(flow, cond, guidance, shift)
     b = cond.shape[0]
     z = flow.initial_state(b, generator) if z0 is None else z0
     if shift is not None:
