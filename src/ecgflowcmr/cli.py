@@ -22,6 +22,8 @@ be): printed as one line with exit status 2, like InputError."""
 # pipeline.SAMPLERS, without importing torch to parse the command line
 SAMPLER_FLAG = {"choices": ("euler", "heun", "ancestral"), "default": None,
                 "help": "euler or heun (the ODE), or ancestral (stochastic Euler); default: the bundle's"}
+GUIDANCE_FLAG = {"type": float, "default": None,
+                 "help": "classifier-free guidance scale (default: the bundle's; 1: the conditional flow alone)"}
 
 
 def _cmd_phantom(args: argparse.Namespace) -> None:
@@ -260,7 +262,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="ECGs per batch (default 8)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--guidance", **GUIDANCE_FLAG)
     p.add_argument("--sampler", **SAMPLER_FLAG)
     p.set_defaults(func=_cmd_generate)
 
@@ -309,8 +311,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="noise seed (per subject: as `generate`; default 0)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the bundle's)")
     p.add_argument("--sampler", **SAMPLER_FLAG)
-    p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (default: the bundle's; 1: the conditional flow alone)")
+    p.add_argument("--guidance", **GUIDANCE_FLAG)
     p.add_argument("--batch-size", type=int, default=8, help="cines per generation batch (default 8)")
     p.add_argument("--max-test", type=int, default=None, help="measure at most this many test subjects")
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training subjects")

@@ -82,7 +82,8 @@ class FlowConfig:
     """Default integrator: 'euler' (Eq. 8, 1 pass per step), 'heun' (2 passes per step) or 'ancestral'
     (stochastic Euler, 1 pass per step: fresh noise at each step's noise level; ``flow.sampler``)."""
     sample_guidance: float | None = None
-    """Default classifier-free guidance weight w (v = v_u + w·(v_c − v_u)); None = conditional only."""
+    """Default classifier-free guidance weight w (v = v_u + w·(v_c − v_u); with the ECG prior each branch on its
+    own path, ``flow.sampler.guided_velocity``); None or 1 = conditional only."""
     prediction: Literal["velocity", "clean"] = "velocity"
     """What the network outputs: the velocity (paper, Eq. 6) or the clean latent ẑ1 as a deviation from the
     template, turned into v̂ = (ẑ1 − z_t)/max(1 − t, clean_t_eps) (see the module docstring)."""

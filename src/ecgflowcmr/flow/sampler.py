@@ -7,6 +7,7 @@ generator)``, ``prior_shift(c)`` (the ECG prior's start relative to the template
     Euler (Eq. 8):  z_{t+Δt} = z_t + Δt·v(z_t, t)                                 1 pass per step
     Heun:           z' = z_t + Δt·v(z_t, t);  z_{t+Δt} = z_t + Δt/2·(v(z_t, t) + v(z', t+Δt))   2 passes
     Guidance:       v = v_u + w·(v_c − v_u), v_c and v_u from ONE batched pass (2B items)
+                    (with the ECG prior, each branch evaluated on its own path: ``guided_velocity``)
 
 Ancestral (stochastic Euler, 1 pass per step; ``eta`` = η in [0, 1], default 1: DDIM's η for the straight
 path of Eq. 4). One pass gives both ends of the straight line through z_t: ẑ1 = z_t + (1 − t)·v̂ and
