@@ -189,6 +189,32 @@ def test_gan_discriminator_is_trained_by_the_loop_not_inside_forward():
     assert "gen_adv" not in parts  # without an adversary (evaluation, inference): the VAE alone
 
 
+def test_adaptive_gan_weight_matches_the_gradient_norms_at_the_last_layer():
+    """λ = gan_weight·‖∇_W rec‖ / (‖∇_W adv‖ + 1e-4) at the decoder's last weight W (LDM's adaptive weight):
+    a discriminator with 100× larger logits gets a 100× smaller λ; without gradients λ = 0."""
+    from ecgflowcmr.models.vae3d import PatchDiscriminator3d
+    from ecgflowcmr.training.adversary import Adversary
+
+    model = small(gan_weight=0.5).eval()  # eval: the posterior mean, so x̂ below is the forward's own
+    adversary = Adversary(PatchDiscriminator3d(1, 8), lr=1e-3, start=0)
+    x = clip()
+    last = model.decoder.layers[-1].weight
+    weights = []
+    for scale in (1.0, 100.0):
+        with torch.no_grad():
+            adversary.discriminator.net[-1].weight.mul_(scale)
+        _, parts = model({"cine": x}, adversary)
+        x_hat = model.decode(model.encode(x)[0])
+        g_rec = torch.autograd.grad((x_hat - x).abs().mean(), last, retain_graph=True)[0]
+        g_adv = torch.autograd.grad(-adversary.discriminator(x_hat).mean(), last)[0]
+        assert parts["gan_weight"] == pytest.approx(0.5 * float(g_rec.norm() / (g_adv.norm() + 1e-4)), rel=1e-4)
+        weights.append(parts["gan_weight"])
+    assert weights[0] / weights[1] == pytest.approx(100.0, rel=0.01)
+    with torch.no_grad():  # validation: the VAE's own loss
+        _, parts = model({"cine": x}, adversary)
+    assert parts["gan_weight"] == 0.0
+
+
 # --------------------------------------------------------------------------------------------------
 # Latent scale
 # --------------------------------------------------------------------------------------------------
@@ -392,3 +418,29 @@ def test_resume_continues_the_gan_discriminator(synthetic_store, tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=0, rtol=0, msg=name)
+
+
+def test_decoder_fine_tuning_keeps_the_encoder_scale_and_template(synthetic_store, tmp_path):
+    """``stage.train=decoder`` from a trained VAE (here with the GAN on): the encoder, latent scale and template
+    are the init's bit for bit — so a flow trained on its latents decodes with the new decoder — and the
+    decoder has trained."""
+    from safetensors.torch import load_file
+
+    from ecgflowcmr.training.tasks import train
+
+    sets = ["model.channels=[4,4,8,8]", "model.norm_groups=4", "model.attention_heads=2", "train.steps=2",
+            "train.batch_size=1", "train.warmup_steps=1", "train.val_every=0", "eval.max_items=1"]
+    base = train("vae", synthetic_store, tmp_path / "base", "tiny", sets=sets)
+    tuned = train("vae", synthetic_store, tmp_path / "tuned", "tiny", sets=[
+        *sets, f"stage.init={base}", "stage.train=decoder", "model.gan_weight=0.5", "model.gan_start=0",
+        "model.disc_channels=4"])
+    a, b = load_file(base / "model.safetensors"), load_file(tuned / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        if name.startswith("decoder."):
+            continue
+        torch.testing.assert_close(b[name], a[name], atol=0, rtol=0, msg=name)  # encoder, latent_scale
+    assert any(not torch.equal(a[n], b[n]) for n in a if n.startswith("decoder."))
+    assert (base / "template.safetensors").read_bytes() == (tuned / "template.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match=r"stage\.init"):
+        train("vae", synthetic_store, tmp_path / "bad", "tiny", sets=[*sets, "stage.train=decoder"])

@@ -72,7 +72,9 @@ class VAEConfig:
     train_frames: int = 0
     """If > 0, train on a random circular window of this many consecutive frames (cheaper steps); 0: all."""
     gan_weight: float = 0.0
-    """Weight of the hinge adversarial term from a 3-D PatchGAN (0: no discriminator)."""
+    """Weight of the hinge adversarial term from a 3-D PatchGAN (0: no discriminator), relative to the
+    reconstruction: the term is scaled each step so that its gradient at the decoder's last layer has this
+    multiple of the reconstruction's gradient norm (LDM's adaptive weight; the public code uses 0.5)."""
     gan_start: int = 5000
     """Optimizer steps before the adversarial term and discriminator updates start."""
     disc_channels: int = 64
@@ -375,7 +377,7 @@ class VideoVAE(nn.Module):
 
     def forward_loss(self, x: Tensor, x_hat: Tensor, mean: Tensor, logvar: Tensor,
                      adversary: Adversary | None = None) -> tuple[Tensor, dict]:
-        """``|x − x̂|₁ (mean) + β·KL/N_pix [+ w_s·(1 − SSIM)] [+ w_g·(−D(x̂))]``.
+        """``|x − x̂|₁ (mean) + β·KL/N_pix [+ w_s·(1 − SSIM)] [+ λ·(−D(x̂))]``, λ the adaptive GAN weight.
 
         KL is summed over the latent of each video and divided by that video's pixel count N_pix: this is
         LDM's objective (Σ|x − x̂| + β·ΣKL) divided by N_pix, so β means the same as their ``kl_weight``.
@@ -383,17 +385,32 @@ class VideoVAE(nn.Module):
         cfg = self.config
         rec = (x_hat - x).abs().mean()
         kl = kl_divergence(mean, logvar).mean() / x[0].numel()
-        loss = rec + cfg.kl_weight * kl
         parts: dict[str, Tensor | float] = {"rec_l1": rec.detach(), "kl_per_pixel": kl.detach()}
+        reconstruction = rec
         if cfg.ssim_weight > 0:  # compared on the [0, 1] display scale, per frame
             structural = 1.0 - ssim((x_hat.flatten(1, 2) + 1) / 2, (x.flatten(1, 2) + 1) / 2).mean()
-            loss = loss + cfg.ssim_weight * structural
+            reconstruction = reconstruction + cfg.ssim_weight * structural
             parts["one_minus_ssim"] = structural.detach()
+        loss = reconstruction + cfg.kl_weight * kl
         if adversary is not None:  # same part keys every step: 0 until the GAN starts
             adversarial = adversary.generator_loss(x, x_hat)
-            loss = loss + cfg.gan_weight * adversarial
-            parts["gen_adv"] = adversarial.detach()
+            weight = self.adaptive_gan_weight(reconstruction, adversarial)
+            loss = loss + weight * adversarial
+            parts["gen_adv"], parts["gan_weight"] = adversarial.detach(), weight
         return loss, parts
+
+    def adaptive_gan_weight(self, reconstruction: Tensor, adversarial: Tensor) -> float:
+        """``gan_weight · ‖∇_W reconstruction‖ / (‖∇_W adversarial‖ + 1e-4)`` at the decoder's last weight W,
+        clamped to [0, 10⁴] (Esser et al. 2021; LDM): the adversarial gradient is kept at a fixed share of the
+        reconstruction's whatever the discriminator's scale. 0 while the adversarial term carries no gradient."""
+        if not (torch.is_grad_enabled() and adversarial.requires_grad):
+            return 0.0
+        last = self.decoder.layers[-1].weight if isinstance(self.decoder.layers[-1], nn.Conv3d) \
+            else self.decoder.layers[-1][-1].weight
+        g_rec = torch.autograd.grad(reconstruction, last, retain_graph=True)[0]
+        g_adv = torch.autograd.grad(adversarial, last, retain_graph=True)[0]
+        ratio = float(g_rec.norm() / (g_adv.norm() + 1e-4))
+        return self.config.gan_weight * min(max(ratio, 0.0), 1e4)
 
 
 PRESETS: dict[str, VAEConfig] = {

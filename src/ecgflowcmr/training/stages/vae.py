@@ -10,11 +10,14 @@ exported) then
    latent over subjects and frames broadcast over time (``static``, as the public code) or the mean over
    subjects per frame (``per_frame``);
 3. measures reconstruction PSNR/SSIM on the held-out cines (``test``, else ``val``).
+
+With ``stage.train: decoder`` (from ``stage.init``) steps 1–2 keep the init's latent scale and template.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,8 +27,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ecgflowcmr.atomic import atomic_file
-from ecgflowcmr.bundle import TEMPLATE_FILE, save_weights
-from ecgflowcmr.errors import InputError
+from ecgflowcmr.bundle import TEMPLATE_FILE, load_weights, read_template, save_weights
+from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.evaluation.stage_metrics import EvalConfig, cine_batches, vae_metrics
 from ecgflowcmr.models.vae3d import PatchDiscriminator3d, VAEConfig, VideoVAE
 from ecgflowcmr.store.prepared import StoreDataset, read_store_meta, split_size
@@ -40,6 +43,16 @@ FIELDS = ("cine",)
 class StageConfig:
     template: Literal["static", "per_frame"] = "static"
     """Template = mean latent over subjects and frames, broadcast over time (paper, public code), or per frame."""
+    init: str = ""
+    """A trained VAE run folder to start from ("": random initial weights)."""
+    train: Literal["all", "decoder"] = "all"
+    """What trains: the whole VAE, or (from ``init``) its decoder alone. With ``decoder`` the encoder, and so
+    every latent, the latent scale and the template, stay ``init``'s (copied, not re-estimated): a flow trained
+    on ``init``'s latents decodes with the new decoder (LDM's decoder fine-tuning; e.g. with ``model.gan_weight``)."""
+
+    def __post_init__(self) -> None:
+        if self.train == "decoder" and not self.init:
+            raise ConfigError("stage.train", "decoder needs stage.init: the trained VAE whose encoder is kept")
 
 
 @dataclass
@@ -64,6 +77,10 @@ def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = Non
                                f"{(cfg.model.frames, cfg.model.size, cfg.model.size)}")
     val_set = StoreDataset(data, "val", fields=FIELDS) if split_size(data, "val") > 0 else None
     model = VideoVAE(cfg.model)
+    if cfg.stage.init:
+        load_weights(model, cfg.stage.init)
+    if cfg.stage.train == "decoder":
+        model.encoder.requires_grad_(False)
     adversary = None
     if cfg.model.gan_weight > 0:  # the optional PatchGAN, trained against the VAE by the loop
         disc = PatchDiscriminator3d(cfg.model.in_channels, cfg.model.disc_channels)
@@ -109,13 +126,19 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
     bs = cfg.eval.batch_size
 
     train_set = StoreDataset(data, "train", fields=FIELDS)
-    std, frame_mean = latent_statistics(model, train_set, bs)
-    if not std > 0:
-        raise InputError(data, "the training latents have zero spread; cannot set the latent scale")
-    model.latent_scale.fill_(1.0 / std)
-    save_weights(model, run_dir, config=dataclasses.asdict(model.config))  # now with the latent scale
-    template = template_latent(frame_mean, cfg.stage.template) / std
-    write_template(run_dir, template, cfg.stage.template, len(train_set))
+    if cfg.stage.train == "decoder":  # the init's encoder: its latent scale (loaded with it) and template
+        std = 1.0 / float(model.latent_scale)
+        template = read_template(Path(cfg.stage.init))
+        with atomic_file(run_dir / TEMPLATE_FILE) as tmp:
+            shutil.copyfile(Path(cfg.stage.init) / TEMPLATE_FILE, tmp)
+    else:
+        std, frame_mean = latent_statistics(model, train_set, bs)
+        if not std > 0:
+            raise InputError(data, "the training latents have zero spread; cannot set the latent scale")
+        model.latent_scale.fill_(1.0 / std)
+        save_weights(model, run_dir, config=dataclasses.asdict(model.config))  # now with the latent scale
+        template = template_latent(frame_mean, cfg.stage.template) / std
+        write_template(run_dir, template, cfg.stage.template, len(train_set))
 
     return vae_metrics(model, data, template, cfg.eval) | {
         "latent_scale": {"value": 1.0 / std, "definition":
