@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from ecgflowcmr.bundle import load_model
-from ecgflowcmr.errors import ConfigError
+from ecgflowcmr.errors import ConfigError, InputError
 from ecgflowcmr.models.image_metrics import gaussian_window, psnr, ssim
 from ecgflowcmr.models.vae3d import PRESETS, AxisAttention, PeriodicConv3d, VAEConfig, VideoVAE, kl_divergence
 
@@ -444,3 +444,8 @@ def test_decoder_fine_tuning_keeps_the_encoder_scale_and_template(synthetic_stor
     assert (base / "template.safetensors").read_bytes() == (tuned / "template.safetensors").read_bytes()
     with pytest.raises(ConfigError, match=r"stage\.init"):
         train("vae", synthetic_store, tmp_path / "bad", "tiny", sets=[*sets, "stage.train=decoder"])
+    (base / "template.safetensors").unlink()  # an unfinished init fails before any training
+    with pytest.raises(InputError, match="template not found"):
+        train("vae", synthetic_store, tmp_path / "early", "tiny", sets=[*sets, f"stage.init={base}",
+                                                                        "stage.train=decoder"])
+    assert not (tmp_path / "early" / "checkpoints").exists()

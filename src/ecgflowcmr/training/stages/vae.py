@@ -80,6 +80,7 @@ def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = Non
     if cfg.stage.init:
         load_weights(model, cfg.stage.init)
     if cfg.stage.train == "decoder":
+        read_template(Path(cfg.stage.init))  # a finished run: fail now, not after training
         model.encoder.requires_grad_(False)
     adversary = None
     if cfg.model.gan_weight > 0:  # the optional PatchGAN, trained against the VAE by the loop
