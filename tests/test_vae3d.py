@@ -189,6 +189,24 @@ def test_gan_discriminator_is_trained_by_the_loop_not_inside_forward():
     assert "gen_adv" not in parts  # without an adversary (evaluation, inference): the VAE alone
 
 
+def test_discriminator_warmup_trains_it_alone_before_the_generator_term():
+    """start 2, warmup 1: step 0 nothing; step 1 D trains but the VAE's adversarial term is 0; step 2 both."""
+    from ecgflowcmr.models.vae3d import PatchDiscriminator3d
+    from ecgflowcmr.training.adversary import Adversary
+
+    model = small(gan_weight=0.5)
+    adversary = Adversary(PatchDiscriminator3d(1, 8), lr=1e-3, start=2, warmup=1)
+    x = clip()
+    seen = []
+    for _ in range(3):
+        before = [p.clone() for p in adversary.discriminator.parameters()]
+        _, parts = model({"cine": x}, adversary)
+        d_loss = adversary.step()["disc_loss"]
+        moved = any(not torch.equal(a, p) for a, p in zip(before, adversary.discriminator.parameters()))
+        seen.append((float(parts["gen_adv"]) != 0.0, d_loss > 0, moved))
+    assert seen == [(False, False, False), (False, True, True), (True, True, True)]
+
+
 def test_adaptive_gan_weight_matches_the_gradient_norms_at_the_last_layer():
     """λ = gan_weight·‖∇_W rec‖ / (‖∇_W adv‖ + 1e-4) at the decoder's last weight W (LDM's adaptive weight):
     a discriminator with 100× larger logits gets a 100× smaller λ; without gradients λ = 0."""

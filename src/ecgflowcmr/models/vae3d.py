@@ -76,7 +76,10 @@ class VAEConfig:
     reconstruction: the term is scaled each step so that its gradient at the decoder's last layer has this
     multiple of the reconstruction's gradient norm (LDM's adaptive weight; the public code uses 0.5)."""
     gan_start: int = 5000
-    """Optimizer steps before the adversarial term and discriminator updates start."""
+    """Optimizer steps before the adversarial term starts."""
+    disc_warmup: int = 0
+    """Optimizer steps (before ``gan_start``) in which the discriminator trains alone: a generator term from
+    an untrained discriminator is noise that the adaptive weight still scales to the reconstruction's size."""
     disc_channels: int = 64
     """Width of the first discriminator layer."""
     disc_lr: float = 1e-4
@@ -104,7 +107,7 @@ class VAEConfig:
             raise ConfigError("model.attention_heads", f"{self.attention_heads} does not divide {self.channels[-1]}")
         if not 0 <= self.train_frames <= self.frames:
             raise ConfigError("model.train_frames", f"must be in [0, frames={self.frames}], got {self.train_frames}")
-        for name in ("kl_weight", "ssim_weight", "gan_weight", "gan_start"):
+        for name in ("kl_weight", "ssim_weight", "gan_weight", "gan_start", "disc_warmup"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"model.{name}", f"must be ≥ 0, got {getattr(self, name)}")
         if self.disc_channels < 1 or self.disc_lr <= 0:

@@ -10,7 +10,7 @@ Per optimizer step, :func:`~ecgflowcmr.training.loop.fit`
 
 The discriminator is not part of the model: the engine's optimizer, EMA and weight export never see it;
 checkpoints carry it (``state_dict``) so that a resumed run continues it. Before ``start`` optimizer
-steps the generator term is 0 and the discriminator is not updated.
+steps the generator term is 0; the discriminator is updated from ``start − warmup`` on.
 """
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ from ecgflowcmr.training import distributed as dist
 class Adversary:
     """Discriminator ``D`` (any module mapping a batch to logits) with its own Adam (β = 0.5, 0.9)."""
 
-    def __init__(self, discriminator: nn.Module, lr: float, start: int = 0):
+    def __init__(self, discriminator: nn.Module, lr: float, start: int = 0, warmup: int = 0):
         self.discriminator = discriminator
         self.optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.9))
         self.start = start
+        self.disc_start = max(start - warmup, 0)
+        """The discriminator trains alone from here until ``start`` (``warmup`` steps), so that the generator
+        term begins against a discriminator that already tells real from reconstructed."""
         self.steps = 0
-        """Optimizer steps taken by the model so far (the discriminator trains from ``start`` on)."""
+        """Optimizer steps taken by the model so far."""
         self._pairs: list[tuple[Tensor, Tensor]] = []
 
     @property
@@ -40,11 +43,13 @@ class Adversary:
         return self.steps >= self.start
 
     def generator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
-        """``−mean D(fake)`` with D frozen (0 before ``start``); keeps (real, fake.detach()) for :meth:`step`."""
+        """``−mean D(fake)`` with D frozen (0 before ``start``); from ``disc_start`` on keeps (real, fake.detach())
+        for :meth:`step`."""
+        if self.steps >= self.disc_start:
+            self._pairs.append((real.detach(), fake.detach()))
         if not self.active:
             return fake.new_zeros(())
         disc = self.discriminator.to(fake.device).train()
-        self._pairs.append((real.detach(), fake.detach()))
         disc.requires_grad_(False)  # the generator term must not leave gradients on D
         term = -disc(fake).mean()
         disc.requires_grad_(True)

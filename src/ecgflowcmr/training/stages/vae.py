@@ -85,7 +85,8 @@ def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = Non
     adversary = None
     if cfg.model.gan_weight > 0:  # the optional PatchGAN, trained against the VAE by the loop
         disc = PatchDiscriminator3d(cfg.model.in_channels, cfg.model.disc_channels)
-        adversary = Adversary(disc, lr=cfg.model.disc_lr, start=cfg.model.gan_start)
+        adversary = Adversary(disc, lr=cfg.model.disc_lr, start=cfg.model.gan_start,
+                              warmup=cfg.model.disc_warmup)
     return Setup(model=model, train_set=train_set, val_set=val_set, adversary=adversary)
 
 
