@@ -313,7 +313,9 @@ def test_presets_load_from_yaml():
     tiny = load_config(RunConfig, "vae", "tiny")
     assert tiny.model == PRESETS["tiny"] and tiny.model.train_frames == 10
     paper = load_config(RunConfig, "vae", "paper")
-    assert paper.model == PRESETS["paper"] == VAEConfig() and paper.train.epochs == 10
+    assert paper.model == PRESETS["paper"] and paper.train.epochs == 10
+    assert dataclasses.replace(paper.model, gan_weight=0.0, gan_start=5000, disc_warmup=0) == VAEConfig()
+    assert (paper.model.gan_weight, paper.model.gan_start) == (0.5, 10_000)  # the public code's LDM loss
     public = load_config(RunConfig, "vae", "public")
     assert public.model == PRESETS["public"] and public.model.channels == (64, 128, 256, 256)
     assert public.train == paper.train

@@ -416,9 +416,13 @@ class VideoVAE(nn.Module):
         return self.config.gan_weight * min(max(ratio, 0.0), 1e4)
 
 
+PAPER_GAN = dict(gan_weight=0.5, gan_start=10_000, disc_warmup=2_000)
+"""The public code's adversarial term (LDM's loss: disc_weight 0.5 from step 10,000), with the discriminator
+trained alone for 2,000 steps first (docs/generator.md, round 10)."""
+
 PRESETS: dict[str, VAEConfig] = {
-    "paper": VAEConfig(),
-    "public": VAEConfig(channels=(64, 128, 256, 256), temporal_kernel=(3, 3, 3, 3)),  # the public code's sizes
+    "paper": VAEConfig(**PAPER_GAN),
+    "public": VAEConfig(channels=(64, 128, 256, 256), temporal_kernel=(3, 3, 3, 3), **PAPER_GAN),  # its sizes
     "tiny": VAEConfig(channels=(8, 16, 32, 32), num_blocks=1, temporal_kernel=(1, 1, 3, 3), norm_groups=8,
                       train_frames=10),
 }
