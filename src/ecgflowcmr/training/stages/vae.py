@@ -127,13 +127,12 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
     model.eval()
     bs = cfg.eval.batch_size
 
-    train_set = StoreDataset(data, "train", fields=FIELDS)
     if cfg.stage.train == "decoder":  # the init's encoder: its latent scale (loaded with it) and template
-        std = 1.0 / float(model.latent_scale)
         template = read_template(Path(cfg.stage.init))
         with atomic_file(run_dir / TEMPLATE_FILE) as tmp:
             shutil.copyfile(Path(cfg.stage.init) / TEMPLATE_FILE, tmp)
     else:
+        train_set = StoreDataset(data, "train", fields=FIELDS)
         std, frame_mean = latent_statistics(model, train_set, bs)
         if not std > 0:
             raise InputError(data, "the training latents have zero spread; cannot set the latent scale")
@@ -142,13 +141,14 @@ def finalize(model: nn.Module, cfg: RunConfig, data: Path, run_dir: Path) -> dic
         template = template_latent(frame_mean, cfg.stage.template) / std
         write_template(run_dir, template, cfg.stage.template, len(train_set))
 
+    kept = f" (kept with the encoder from {cfg.stage.init})" if cfg.stage.train == "decoder" else ""
     return vae_metrics(model, data, template, cfg.eval) | {
-        "latent_scale": {"value": 1.0 / std, "definition":
-                         f"1 / std of all posterior-mean latent elements over the {len(train_set)} training "
-                         "cines; encode_latent multiplies by it (saved in model.safetensors)"},
+        "latent_scale": {"value": float(model.latent_scale), "definition":
+                         f"1 / std of all posterior-mean latent elements over the training cines{kept}; "
+                         "encode_latent multiplies by it (saved in model.safetensors)"},
         "template_mode": {"value": cfg.stage.template, "definition":
                           "static: mean latent over subjects and frames, broadcast over time; per_frame: "
-                          f"mean over subjects per frame; written to {TEMPLATE_FILE} (scaled latent units)"},
+                          f"mean over subjects per frame; written to {TEMPLATE_FILE} (scaled latent units){kept}"},
     }
 
 
