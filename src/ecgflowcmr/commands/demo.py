@@ -5,7 +5,8 @@ test split → ``ecgflowcmr evaluate`` into ``OUT/evaluation/`` → ``OUT/report
 with the ECG beneath, loss curves, Table 1 and the instrument's headline beside floors and ceiling, metrics)
 and ``OUT/metrics.json``. A ``Recipe`` says the sizes: ``demo`` gives each training stage a wall-time budget
 so that it fits in ~15 minutes on a 2-core CPU; ``small`` trains longer on more subjects and evaluates on a
-fresh phantom cohort (≤ 2 hours). Rerunning continues: finished steps are not redone.
+fresh phantom cohort (58 minutes on a 175 GFLOP/s 2-core CPU, projected ≈ 2 h 25 min on the slowest:
+README). Rerunning continues: finished steps are not redone.
 """
 
 from __future__ import annotations
