@@ -277,7 +277,7 @@ driven by these ECG features can reach; the shuffled ECG, template and constant 
 <figure><img alt="end-diastolic frames of {html.escape(subjects[0])}" src="{still}"><figcaption>Frame 0 (end-diastole)
 of {html.escape(subjects[0])}, for viewers without video.</figcaption></figure>
 {grids}
-<h2>LV area over the cycle</h2><img alt="area curves" src="{area_curves_png(result.curves, subjects, k)}">
+{_area_curves_html(result.curves, subjects, k)}
 <h2>Generated vs real measures</h2><img alt="scatter" src="{scatter_png(result.measures, measures)}">
 <h2>Ablations</h2><p class="note">Ablations and sampler sweeps have their own report: <code>ecgflowcmr evaluate
 --sweep SPEC</code> (docs/evaluation.md).</p>
@@ -285,6 +285,13 @@ of {html.escape(subjects[0])}, for viewers without video.</figcaption></figure>
     report = out / "report.html"
     write_text_atomic(report, page)
     return report
+
+
+def _area_curves_html(curves: dict[str, np.ndarray], subjects: list[str], k: int) -> str:
+    """The LV area curves of the first k subjects; empty for k = 0 (no examples asked for)."""
+    if k < 1:
+        return ""
+    return f"<h2>LV area over the cycle</h2><img alt=\"area curves\" src=\"{area_curves_png(curves, subjects, k)}\">"
 
 
 def _turing_html(markdown: str | None) -> str:
