@@ -335,7 +335,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder (default runs/demo)")
     p.add_argument("--recipe", default="demo", choices=["demo", "small"],
                    help="demo: ~15 min on 2 cores (default); small: 1,500 subjects, longer training, evaluated "
-                   "on a fresh held-out phantom cohort (≤ 2 h on 2 cores)")
+                   "on a fresh held-out phantom cohort (training ≤ 2 h on 2 cores)")
     p.add_argument("--n", type=int, default=None, help="cohort size (default: the demo's)")
     p.add_argument("--quick", action="store_true", help="a much shorter run (for tests)")
     p.set_defaults(func=_cmd_demo)
