@@ -5,9 +5,8 @@ test split → ``ecgflowcmr evaluate`` into ``OUT/evaluation/`` → ``OUT/report
 with the ECG beneath, loss curves, Table 1 and the instrument's headline beside floors and ceiling, metrics)
 and ``OUT/metrics.json``. A ``Recipe`` says the sizes: ``demo`` gives each training stage a wall-time budget
 so that it fits in ~15 minutes on a 2-core CPU; ``small`` trains longer on more subjects and evaluates on a
-fresh phantom cohort (training 38–44 minutes on a 175 GFLOP/s 2-core CPU, ≈ 93–108 minutes projected on the
-slowest; the whole run with its evaluation ≈ 49–58 minutes here: README). Rerunning continues: finished steps
-are not redone.
+fresh phantom cohort (its training fits two hours on the slowest 2-core machine: measured times in the README).
+Rerunning continues: finished steps are not redone.
 """
 
 from __future__ import annotations
@@ -67,8 +66,8 @@ DEMO = Recipe(
 # subjects of a fresh phantom cohort; no wall-time limits (steps decide, so every machine trains the same
 # model). Measured time: README, "Where the generator stands". PA-MAE 1,500 and VAE 2,000 steps (were 2,000 and
 # 3,000) so that training fits two hours on the slowest machine with margin (docs/generator.md, round 11: VAE
-# 27.2 → 26.2 dB; at two noise seeds the real-trained classifier on generated cines −0.05 / −0.08, FID-CMR a
-# quarter lower, LV FAC and end-systole tied); the flow keeps its 2,000 steps, which every round found its quality.
+# 27.2 → 26.2 dB; over three noise seeds the real-trained classifier on generated cines −0.03 on average, FID-CMR
+# a quarter lower, LV FAC and end-systole tied); the flow keeps its 2,000 steps, which every round found its quality.
 SMALL = Recipe(
     name="small", subjects=1500, cohort={"ecg_only_fraction": 0.0, "split_fractions": (0.9, 0.05, 0.05)},
     heldout_subjects=400, heldout_cohort={"ecg_only_fraction": 0.0, "split_fractions": (0.6, 0.1, 0.3)},
