@@ -65,6 +65,8 @@ def test_demo_report_shows_the_evaluation(evaluated: Path) -> None:
     assert "<table id='table1'>" in page and "<table id='agreement'>" in page
     demo_metrics = json.loads((evaluated.parent / "metrics.json").read_text())
     assert "lv_fac_spearman_generated" in demo_metrics["evaluation"]["headline"]
+    assert demo_metrics["evaluation"]["over_noise_seeds"]["seeds"] == [0, 1]  # the quick recipe's two
+    assert "<table id='noise-seeds'>" in page
     assert demo_metrics["timings_s"]["evaluate_s"] > 0
 
 
@@ -92,7 +94,7 @@ def test_report_renders_in_chromium(evaluated: Path, tmp_path: Path) -> None:
     assert all(c.endswith("true") for c in checks), checks
 
 
-def _evaluate_rank(rank: int, world: int, port: int, demo: Path, out: Path) -> None:
+def _evaluate_rank(rank: int, world: int, port: int, demo: Path, out: Path, options: dict) -> None:
     """One of ``world`` processes with the environment torchrun would give it (one thread each): ``evaluate`` on
     the quick demo's held-out store with its segmenter."""
     import os
@@ -106,18 +108,18 @@ def _evaluate_rank(rank: int, world: int, port: int, demo: Path, out: Path) -> N
     torch.set_num_threads(1)
     path = evaluate(demo / "flow", demo / "heldout_store", out, segmenter=demo / "evaluation" / "segmenter",
                     seg_config="tiny", max_test=6, max_train=4, batch_size=2, max_baseline=3, fid_frames=0, examples=0,
-                    sampler="ancestral", guidance=1.5)  # its fresh noise per item too shards like the rest
+                    sampler="ancestral", guidance=1.5, **options)  # its fresh noise per item shards like the rest
     (out.parent / f"{out.name}-rank{rank}.json").write_text(json.dumps(str(path) if path else None))
 
 
-def _run_ranks(world: int, demo: Path, out: Path) -> None:
+def _run_ranks(world: int, demo: Path, out: Path, **options) -> None:
     import multiprocessing
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ranks = [multiprocessing.get_context("fork").Process(target=_evaluate_rank, args=(r, world, port, demo, out))
+    ranks = [multiprocessing.get_context("fork").Process(target=_evaluate_rank, args=(r, world, port, demo, out, options))
              for r in range(world)]
     for p in ranks:
         p.start()
@@ -130,8 +132,8 @@ def test_two_gloo_ranks_give_the_single_process_metrics(evaluated: Path, tmp_pat
     """Sharded (each rank generates, reconstructs and segments its block, rank 0 scores and writes) = one process,
     number for number: the blocks are whole batches, so every batch is one the single process runs."""
     demo = evaluated.parent
-    _run_ranks(1, demo, tmp_path / "one")
-    _run_ranks(2, demo, tmp_path / "two")
+    _run_ranks(1, demo, tmp_path / "one", noise_seeds=2)
+    _run_ranks(2, demo, tmp_path / "two", noise_seeds=2)
     assert json.loads((tmp_path / "two-rank1.json").read_text()) is None  # rank 1 wrote nothing
     one, two = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two"))
     assert one["instrument"]["subjects"]["test"] == 6 and one["instrument"]["subjects"]["baseline"] == 3
@@ -142,6 +144,29 @@ def test_two_gloo_ranks_give_the_single_process_metrics(evaluated: Path, tmp_pat
     assert two == one
     report = (tmp_path / "two" / "report.html").read_text()  # examples=0: no example videos or area curves
     assert "<video" not in report and "LV area over the cycle" not in report
+    assert "<table id='noise-seeds'>" in report
+
+
+def test_noise_seeds_repeat_the_generator_measures_as_single_seed_runs_would(evaluated: Path,
+                                                                              tmp_path: Path) -> None:
+    """`--noise-seeds 2` (seeds 0, 1): each seed's column is what a run with that seed alone measures, though the
+    real cines' readings and VAE reconstructions are computed once; the noise-free numbers are not repeated."""
+    demo = evaluated.parent
+    _run_ranks(1, demo, tmp_path / "both", noise_seeds=2)
+    _run_ranks(1, demo, tmp_path / "seed1", seed=1)
+    both, seed1 = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("both", "seed1"))
+    over = both["over_noise_seeds"]
+    assert over["seeds"] == [0, 1] and "seed 0's" in over["definition"]
+    rows = over["measures"]
+    assert "diagnosis_real_trained_on_real" not in rows and "fid_cmr_real_floor" not in rows
+    for name in ("fid_cmr_generated", "es_frame_mae_own_ecg", "diagnosis_real_trained_on_generated"):
+        assert rows[name]["values"] == [both["headline"][name], seed1["headline"][name]], name
+    fid = rows["fid_cmr_generated"]["values"]
+    assert fid[0] != fid[1]  # another noise, other cines
+    share = rows["fid_cmr_over_floor"]["values"][1]
+    assert share == pytest.approx(fid[1] / seed1["headline"]["fid_cmr_real_floor"])
+    assert "over_noise_seeds" not in seed1  # one seed: no section
+    assert both["speed"]["timings_s"]["other_noise_seeds_s"] > 0
 
 
 def test_bad_inputs_exit_2(evaluated: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -153,6 +178,9 @@ def test_bad_inputs_exit_2(evaluated: Path, tmp_path: Path, capsys: pytest.Captu
     assert main(["evaluate", "--model", str(bundle), "--data", str(store), "--out", str(tmp_path / "o"),
                  "--segmenter", str(tmp_path)]) == 2
     assert "no trained segmenter" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(bundle), "--data", str(store), "--out", str(tmp_path / "o"),
+                 "--noise-seeds", "0"]) == 2
+    assert "--noise-seeds: must be ≥ 1, got 0" in capsys.readouterr().err
     for bad, why in (("2", "must be ≥ 3"), ("many", "expected a whole number ≥ 3 or 'all'")):
         assert main(["evaluate", "--model", str(bundle), "--data", str(store), "--out", str(tmp_path / "o"),
                      "--max-baseline", bad]) == 2

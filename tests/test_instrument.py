@@ -12,6 +12,7 @@ from ecgflowcmr.evaluation.instrument import (
     contraction_curve,
     identification,
     nearest_by_cosine,
+    noise_seed_summary,
     real_vs_generated_auc,
     ridge_predict,
     sharpness,
@@ -76,6 +77,27 @@ def test_ridge_recovers_a_linear_target_and_auc_separates() -> None:
     same = real_vs_generated_auc(rng.standard_normal((40, 5)), rng.standard_normal((40, 5)))
     apart = real_vs_generated_auc(rng.standard_normal((40, 5)), rng.standard_normal((40, 5)) + 3)
     assert abs(same - 0.5) < 0.25 and apart > 0.95
+
+
+def test_noise_seed_summary_spreads_and_shares() -> None:
+    """Mean, sample sd and range per number over seeds; shares per seed; a seed without a value leaves the
+    summary of that number empty instead of averaging what is left; noise-free numbers are not repeated."""
+    h0 = {"fid_cmr_generated": 0.010, "fid_cmr_real_floor": 0.002, "es_frame_mae_own_ecg": 1.0,
+          "es_frame_mae_swapped_ecg": 2.0, "lv_fac_spearman_generated": 0.4}
+    h1 = {**h0, "fid_cmr_generated": 0.006, "es_frame_mae_own_ecg": 1.6, "lv_fac_spearman_generated": None}
+    summary = noise_seed_summary([3, 4], [h0, h1])
+    rows = summary["measures"]
+    assert summary["seeds"] == [3, 4] and "seed 3's" in summary["definition"]
+    assert "fid_cmr_real_floor" not in rows
+    fid = rows["fid_cmr_generated"]
+    assert fid["values"] == [0.010, 0.006] and fid["mean"] == pytest.approx(0.008)
+    assert fid["sd"] == pytest.approx(np.std([0.010, 0.006], ddof=1)) and (fid["min"], fid["max"]) == (0.006, 0.010)
+    assert rows["fid_cmr_over_floor"]["values"] == pytest.approx([5.0, 3.0])
+    assert rows["es_swapped_over_own"]["values"] == pytest.approx([2.0, 1.25])
+    assert rows["lv_fac_spearman_generated"]["mean"] is None and rows["lv_fac_share_of_ecg_ceiling"]["mean"] is None
+    assert rows["diagnosis_real_trained_share_of_real"]["values"] == [None, None]  # not in these headlines
+    one = noise_seed_summary([0], [h0])["measures"]["fid_cmr_generated"]
+    assert one["mean"] == 0.010 and one["sd"] is None
 
 
 def test_sharpness_falls_with_blur() -> None:

@@ -132,7 +132,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
         for flag, value in (("--model", args.model), ("--steps", args.steps), ("--seed", args.seed),
                             ("--sampler", args.sampler), ("--guidance", args.guidance),
-                            ("--turing", args.turing), ("--downstream", args.downstream)):
+                            ("--turing", args.turing), ("--downstream", args.downstream),
+                            ("--noise-seeds", args.noise_seeds)):
             if value is not None:
                 raise InputError(flag, "not with --sweep: the SPEC names the runs, seeds and sampler settings")
         path = sweep(args.sweep, args.data, args.out, weights=args.weights, segmenter=args.segmenter,
@@ -148,7 +149,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                     seg_config=args.seg_config, seed=args.seed or 0, steps=args.steps, sampler=args.sampler,
                     guidance=args.guidance, batch_size=args.batch_size,
                     max_test=args.max_test, max_train=args.max_train, fid_frames=args.fid_frames,
-                    turing=args.turing, downstream=args.downstream, max_baseline=_max_baseline(args))
+                    turing=args.turing, downstream=args.downstream, max_baseline=_max_baseline(args),
+                    noise_seeds=1 if args.noise_seeds is None else args.noise_seeds)
     if path is not None:  # rank 0 wrote it
         print(f"wrote {path} (and metrics.csv, report.html beside it)")
 
@@ -309,6 +311,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    "OUT/segmenter, trained on the store's real training cines when missing)")
     p.add_argument("--seg-config", default="default", help="segmenter preset when training one (default, tiny)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (per subject: as `generate`; default 0)")
+    p.add_argument("--noise-seeds", type=int, default=None, metavar="K",
+                   help="also measure the generated cines with the noise seeds SEED+1 … SEED+K−1 and report each "
+                   "number's mean, spread and range over the K seeds (default 1; each seed costs the generation "
+                   "again)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the bundle's)")
     p.add_argument("--sampler", **SAMPLER_FLAG)
     p.add_argument("--guidance", **GUIDANCE_FLAG)

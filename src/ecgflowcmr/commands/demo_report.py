@@ -162,6 +162,8 @@ def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, ti
         metrics["evaluation"] = {"headline": evaluated["headline"],
                                  "definition": f"`ecgflowcmr evaluate` of the demo bundle: every number and its "
                                                f"definition in {evaluation.name}/metrics.json"}
+        if "over_noise_seeds" in evaluated:
+            metrics["evaluation"]["over_noise_seeds"] = evaluated["over_noise_seeds"]
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
     report = out / "report.html"
     page = _page(blocks, curves, conditioning, metrics)
@@ -174,7 +176,8 @@ def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, ti
 
 def _evaluation_html(evaluated: dict[str, Any], folder: str) -> str:
     """Table 1 with baselines and floors, the instrument's agreement and diagnosis (``evaluation.report``)."""
-    from ecgflowcmr.evaluation.report import agreement_html, segmenter_warning, table1_html, value_table
+    from ecgflowcmr.evaluation.report import (agreement_html, noise_seeds_html, segmenter_warning, table1_html,
+                                              value_table)
 
     instrument = evaluated["instrument"]
     diagnosis = instrument["diagnosis"]
@@ -187,7 +190,8 @@ baselines a user would pick instead and the real-vs-real floor (<code>ecgflowcmr
 <p>Chamber measures read by a segmenter trained on the real training cines (four-chamber areas: proxies for
 short-axis volumes); each source against the subject's own real cine, beside the ECG's own ceiling.</p>
 {segmenter_warning(instrument)}{agreement_html(instrument['agreement'])}
-{value_table(diagnosis, 'diagnosis') if 'unavailable' not in diagnosis else f"<p>{html.escape(diagnosis['unavailable'])}</p>"}"""
+{value_table(diagnosis, 'diagnosis') if 'unavailable' not in diagnosis else f"<p>{html.escape(diagnosis['unavailable'])}</p>"}
+{noise_seeds_html(evaluated.get('over_noise_seeds'))}"""
 
 
 def _compare_generated(out: Path, test: Any, media: Path) -> tuple[list[dict[str, Any]], list[tuple]]:

@@ -29,10 +29,13 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
              steps: int | None = None, sampler: str | None = None, guidance: float | None = None, batch_size: int = 8,
              max_test: int | None = None, max_train: int | None = None, fid_frames: int = 5, examples: int = 4,
              turing: str | Path | None = None, downstream: str | Path | None = None,
-             max_baseline: int | None = DEFAULT_MAX_BASELINE) -> Path | None:
+             max_baseline: int | None = DEFAULT_MAX_BASELINE, noise_seeds: int = 1) -> Path | None:
     """Evaluate ``model`` on ``data`` into ``out`` (see the module docstring); returns ``out/metrics.json`` (None
     on the ranks other than 0 under torchrun).
     ``sampler``: euler, heun or ancestral, ``guidance`` w (default: the bundle's);
+    ``noise_seeds`` K > 1: the instrument is run again with the noise seeds seed + 1 … seed + K − 1 (the real
+    cines' readings and the VAE reconstructions computed once) and metrics.json's ``over_noise_seeds`` holds the
+    mean, spread and range of the generator's numbers over the K seeds; the rest is ``seed``'s;
     ``max_baseline``: the floors and baselines are measured on the first min(test, max_baseline) test
     subjects (None: all), the generated cines on all of them (``measure_instrument``);
     ``turing``: a Turing study folder (``ecgflowcmr turing create``) whose scores join the report;
@@ -42,6 +45,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
     from ecgflowcmr.pipeline import load_pipeline
 
     check_options(seg_config, weights, max_baseline)
+    if noise_seeds < 1:
+        raise InputError("--noise-seeds", f"must be ≥ 1, got {noise_seeds}")
     downstream_section = None
     if downstream is not None:  # read before the long work: a wrong folder fails at once
         from ecgflowcmr.downstream.report import report_section as downstream_report_section
@@ -56,12 +61,24 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
     seg, seg_seconds = ensure_segmenter(data, Path(segmenter) if segmenter is not None else out / "segmenter",
                                         seg_config, given=segmenter is not None)
     scorers = Scorers.load(weights, fid_frames) if rank == 0 else None
+    shared: dict[Any, Any] = {}  # the real cines' readings and the VAE reconstructions, for every noise seed
     measured = measure_model(pipe, model, data, seg, scorers, seed=seed, steps=steps, batch_size=batch_size,
                              max_test=max_test, max_train=max_train, fid_frames=fid_frames,
-                             extra_timings={"segmenter_training_s": seg_seconds}, max_baseline=max_baseline)
+                             extra_timings={"segmenter_training_s": seg_seconds}, shared=shared,
+                             max_baseline=max_baseline)
+    over_seeds = _other_noise_seeds(pipe, data, seg, range(seed + 1, seed + noise_seeds), shared, steps=steps,
+                                    batch_size=batch_size, max_test=max_test, max_train=max_train,
+                                    max_baseline=max_baseline)
     if measured is None:  # not rank 0: its share is with rank 0
         return None
     metrics, result = measured
+    if noise_seeds > 1:
+        from ecgflowcmr.evaluation.instrument import noise_seed_summary
+
+        headlines, seconds = over_seeds
+        metrics["over_noise_seeds"] = noise_seed_summary(list(range(seed, seed + noise_seeds)),
+                                                         [result.headline, *headlines])
+        metrics["speed"]["timings_s"]["other_noise_seeds_s"] = seconds
     metrics["speed"]["timings_s"]["before_report_s"] = time.perf_counter() - start
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
     turing_markdown = None
@@ -73,6 +90,21 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, *, weights: s
     write_report(out, metrics, result, test.ecgs, test.subject_ids, n_examples=examples,
                  turing_markdown=turing_markdown, downstream=downstream_section)
     return out / "metrics.json"
+
+
+def _other_noise_seeds(pipe: Any, data: str | Path, seg: Any, seeds: range, shared: dict[Any, Any],
+                       **options: Any) -> tuple[list[dict[str, float | None]], float]:
+    """(the instrument's headline for each of ``seeds``, seconds): every rank takes its share of each seed's
+    generation; only rank 0's headlines are filled."""
+    from ecgflowcmr.evaluation.instrument import measure_instrument
+
+    start = time.perf_counter()
+    headlines = []
+    for s in seeds:
+        result = measure_instrument(pipe, data, seg, seed=s, shared=shared, **options)
+        if result is not None:
+            headlines.append(result.headline)
+    return headlines, time.perf_counter() - start
 
 
 def check_options(seg_config: str, weights: str | Path | None,

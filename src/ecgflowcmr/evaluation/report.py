@@ -211,6 +211,21 @@ def agreement_html(agreement: dict[str, Any]) -> str:
             f"{''.join(rows)}</table></div>")
 
 
+def noise_seeds_html(section: dict[str, Any] | None) -> str:
+    """The ``over_noise_seeds`` section as a table (mean, sd, range, each seed's value); empty without one."""
+    if not section:
+        return ""
+    seeds = section["seeds"]
+    head = "".join(f"<th>seed {int(s)}</th>" for s in seeds)
+    rows = "".join(f"<tr><td>{html.escape(name)}</td>{_cell(row['mean'], '{:.3f}')}{_cell(row['sd'], '{:.3f}')}"
+                   f"{_cell(row['min'], '{:.3f}')}{_cell(row['max'], '{:.3f}')}"
+                   f"{''.join(_cell(v, '{:.3f}') for v in row['values'])}</tr>"
+                   for name, row in section["measures"].items())
+    return (f"<h2>Over {len(seeds)} noise seeds</h2><p class='note'>{html.escape(section['definition'])}</p>"
+            f"<div class='wide'><table id='noise-seeds'><tr><th>number</th><th>mean</th><th>sd</th><th>min</th>"
+            f"<th>max</th>{head}</tr>{rows}</table></div>")
+
+
 def value_table(section: dict[str, Any], table_id: str) -> str:
     rows = "".join(f"<tr><td>{html.escape(k)}</td>{_cell(v, '{:.3f}')}<td class='def'>"
                    f"{html.escape(str(v.get('definition', '')))}</td></tr>"
@@ -260,6 +275,7 @@ def write_report(out: str | Path, metrics: dict[str, Any], result: Any, ecgs: np
 split of {html.escape(str(metrics.get('data', '')))}); {int(instrument['subjects']['train'])} training subjects behind
 the classifiers, the ceiling and the retrieval pool. Every generated cine uses its own noise. Definitions of
 every number are in metrics.json and metrics.csv.</p>
+{noise_seeds_html(metrics.get('over_noise_seeds'))}
 <h2>Table 1: generation quality</h2>
 {table1_html(quality, instrument['realism'], seconds)}
 <p class="note">FID-CMR / FVD-CMR are in-domain distances from the evaluation segmenter's features (not the
