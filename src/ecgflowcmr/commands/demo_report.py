@@ -176,8 +176,13 @@ def write_report(out: Path, store: Path, runs: dict[str, Path], summary: Any, ti
 
 def _evaluation_html(evaluated: dict[str, Any], folder: str) -> str:
     """Table 1 with baselines and floors, the instrument's agreement and diagnosis (``evaluation.report``)."""
-    from ecgflowcmr.evaluation.report import (agreement_html, noise_seeds_html, segmenter_warning, table1_html,
-                                              value_table)
+    from ecgflowcmr.evaluation.report import (
+        agreement_html,
+        noise_seeds_html,
+        segmenter_warning,
+        table1_html,
+        value_table,
+    )
 
     instrument = evaluated["instrument"]
     diagnosis = instrument["diagnosis"]
