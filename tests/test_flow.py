@@ -96,6 +96,28 @@ def test_clean_prediction_is_the_same_path_reparameterised(loss_space: str) -> N
         torch.testing.assert_close(weight[:2] * (v - (z1 - z0))[:2], (flow.template + out - z1)[:2])
 
 
+@pytest.mark.parametrize("loss_space", ["velocity", "clean"])
+def test_motion_weight_weighs_the_errors_deviation_from_its_mean_over_frames(loss_space: str) -> None:
+    """λ = model.motion_weight: loss = mean(static²) + λ·mean(motion²), static the error's mean over the T frames
+    (broadcast back), motion the rest; λ = 1 is Eq. 7 itself."""
+    g = torch.Generator().manual_seed(5)
+    z1, eps, v = (torch.randn(3, *SHAPE, generator=g) for _ in range(3))
+    c = torch.randn(3, 6, 8, generator=g)
+    t = torch.tensor([0.1, 0.5, 0.8])
+    losses = {}
+    for weight in (1.0, 0.0, 4.0):
+        flow = small_flow(alpha=0.5, noise_time_correlation=1.0, motion_weight=weight, loss_space=loss_space)
+        flow.dit = Recorder(v)
+        losses[weight] = flow.loss(z1, c, t, eps)[0]
+    z0 = flow.template + 0.5 * eps
+    scale = (1 - t)[:, None, None, None, None] if loss_space == "clean" else torch.ones(3, 1, 1, 1, 1)
+    error = scale * (v - (z1 - z0))
+    static = error.mean(dim=2, keepdim=True).expand_as(error)
+    torch.testing.assert_close(losses[1.0], (error**2).mean())
+    torch.testing.assert_close(losses[0.0], (static**2).mean())
+    torch.testing.assert_close(losses[4.0], (static**2).mean() + 4 * ((error - static) ** 2).mean())
+
+
 def test_initial_state_is_template_plus_alpha_noise() -> None:
     flow = small_flow(alpha=0.7)
     z0 = flow.initial_state(2, torch.Generator().manual_seed(5))
@@ -166,7 +188,8 @@ def test_every_parameter_gets_a_gradient(dropout: float) -> None:  # DDP without
      (dict(logit_std=0.0), "logit_std"), (dict(sample_steps=0), "sample_steps"),
      (dict(cond_dropout=0.0, sample_guidance=2.0), "sample_guidance"),
      (dict(noise_time_correlation=1.5), "noise_time_correlation"),
-     (dict(noise_time_correlation=-0.1), "noise_time_correlation"), (dict(clean_t_eps=0.0), "clean_t_eps")],
+     (dict(noise_time_correlation=-0.1), "noise_time_correlation"), (dict(clean_t_eps=0.0), "clean_t_eps"),
+     (dict(motion_weight=-1.0), "motion_weight")],
 )
 def test_invalid_flow_configs_raise(bad: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:

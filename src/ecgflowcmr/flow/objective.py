@@ -92,6 +92,11 @@ class FlowConfig:
     against z1, i.e. Eq. 7 weighted by (1 − t)² (the weighting of x-prediction with an x-loss)."""
     clean_t_eps: float = 0.05
     """Floor of 1 − t when a clean prediction is turned into a velocity (bounds the loss weight near t = 1)."""
+    motion_weight: float = 1.0
+    """λ: weight of the squared error's motion part. The error splits exactly into its mean over the T frames
+    (static: anatomy, and all of the ρ = 1 noise) and the deviation from that mean (motion); the loss is
+    static + λ·motion, so 1 is Eq. 7 as it is. With ρ = 1 the motion part is the only one the noise does not
+    enter, and it is a sixth of the latent's spread around the template (docs/generator.md, round 12)."""
     prior: Literal["template", "ecg_linear"] = "template"
     """Where the flow starts: the one anatomical template (paper, Eq. 4), or the template plus the ECG's linear
     prediction of the subject's deviation from it (``flow.prior.LinearPrior``, fitted in closed form on the
@@ -116,6 +121,8 @@ class FlowConfig:
             raise ConfigError("model.sample_steps", f"must be ≥ 1, got {self.sample_steps}")
         if not 0 < self.clean_t_eps <= 1:
             raise ConfigError("model.clean_t_eps", f"must be in (0, 1], got {self.clean_t_eps}")
+        if self.motion_weight < 0:
+            raise ConfigError("model.motion_weight", f"must be ≥ 0, got {self.motion_weight}")
         if self.prior_components < 1:
             raise ConfigError("model.prior_components", f"must be ≥ 1, got {self.prior_components}")
         if self.prior_time_bins < 1:
@@ -240,6 +247,10 @@ class FlowMatching(nn.Module):
         z_t = (1 - tt) * z0 + tt * z1  # (B, C, T, H', W')  Eq. 4
         v = self.velocity(z_t, t, c, shift)  # (B, C, T, H', W')  Eq. 6
         loss = F.mse_loss(v * self._loss_weight(tt), (z1 - z0) * self._loss_weight(tt))  # Eq. 5, 7
+        if self.config.motion_weight != 1:  # static + λ·motion: Eq. 7's error is static + motion exactly
+            error = (v - (z1 - z0)) * self._loss_weight(tt)  # (B, C, T, H', W')
+            motion = error - error.mean(dim=2, keepdim=True)
+            loss = loss + (self.config.motion_weight - 1) * motion.pow(2).mean()
         return loss, {"mse": loss.detach()}
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
