@@ -142,6 +142,27 @@ def test_time_correlated_noise(rho: float) -> None:
     torch.testing.assert_close(z0, flow.template + 0.5 * flow.noise(2, torch.Generator().manual_seed(7)))
 
 
+@pytest.mark.parametrize(("rho", "harmonics"), [(0.0, 2), (0.6, 1)])
+def test_harmonic_noise_is_slow_periodic_and_unit_variance(rho: float, harmonics: int) -> None:
+    """model.noise_harmonics K: the per-frame part of ε is made of the cycle's harmonics 1…K, so two frames i, j
+    correlate as ρ + (1 − ρ)·mean_k cos(2πk(i − j)/T), there is no power above harmonic K, and at ρ = 0 each
+    element's mean over the frames is 0; the variance stays 1 per element."""
+    flow = small_flow(alpha=0.5, noise_time_correlation=rho, noise_harmonics=harmonics)
+    eps = flow.noise(4000, torch.Generator().manual_seed(0))  # (4000, C, T, H', W')
+    assert eps.shape == (4000, *SHAPE) and abs(float(eps.var()) - 1) < 0.03
+    frames = SHAPE[1]
+    lag = torch.arange(frames)[:, None] - torch.arange(frames)[None, :]
+    expected = rho + (1 - rho) * torch.stack([torch.cos(2 * torch.pi * k * lag / frames)
+                                              for k in range(1, harmonics + 1)]).mean(0)
+    assert (torch.corrcoef(eps[:, 0, :, 0, 0].T) - expected).abs().max() < 0.06
+    power = torch.fft.rfft(eps - eps.mean(dim=2, keepdim=True), dim=2).abs().pow(2).mean(dim=(0, 1, 3, 4))
+    assert float(power[harmonics + 1:].sum()) < 1e-8 * float(power.sum())
+    if rho == 0:
+        assert float(eps.mean(dim=2).abs().max()) < 1e-5
+    z0 = flow.initial_state(2, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(z0, flow.template + 0.5 * flow.noise(2, torch.Generator().manual_seed(7)))
+
+
 def test_forward_draws_and_returns_a_scalar_loss() -> None:
     flow = small_flow(time_sampling="logit_normal", cond_dropout=0.5)
     loss, parts = flow({"z1": torch.randn(4, *SHAPE), "cond": torch.randn(4, 6, 8)})
@@ -189,7 +210,8 @@ def test_every_parameter_gets_a_gradient(dropout: float) -> None:  # DDP without
      (dict(cond_dropout=0.0, sample_guidance=2.0), "sample_guidance"),
      (dict(noise_time_correlation=1.5), "noise_time_correlation"),
      (dict(noise_time_correlation=-0.1), "noise_time_correlation"), (dict(clean_t_eps=0.0), "clean_t_eps"),
-     (dict(motion_weight=-1.0), "motion_weight")],
+     (dict(motion_weight=-1.0), "motion_weight"), (dict(noise_harmonics=3), "noise_harmonics"),
+     (dict(noise_harmonics=-1), "noise_harmonics")],
 )
 def test_invalid_flow_configs_raise(bad: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -69,6 +69,12 @@ class FlowConfig:
     """ρ: correlation of ε between the T frames, ε = √(1−ρ)·ε_frame + √ρ·ε_shared with ε_shared (C, 1, H', W')
     broadcast over time. 0 = Eq. 4 (i.i.d.); 1 = one noisy static anatomy, like the static template, so that
     the noise varies the anatomy and the ECG drives the motion (cine latents are nearly constant over time)."""
+    noise_harmonics: int = 0
+    """K > 0: the per-frame part of ε (weight √(1−ρ)) is a random periodic curve over the T frames made of the
+    cycle's harmonics 1…K (unit variance per element, nothing above harmonic K) instead of white noise. With ρ = 1
+    the noise is one static anatomy and the flow has no source of randomness for the motion, which then collapses
+    to its conditional mean (docs/generator.md, round 12); this gives the motion its own slow noise without the
+    flicker of Eq. 4's white per-frame noise. 0: white (Eq. 4 at ρ = 0)."""
     logit_mean: float = 0.0
     """Mean of the logit-normal t distribution."""
     logit_std: float = 1.0
@@ -113,6 +119,9 @@ class FlowConfig:
             raise ConfigError("model.alpha", "must be > 0 without a template (z0 would be all zeros)")
         if not 0 <= self.noise_time_correlation <= 1:
             raise ConfigError("model.noise_time_correlation", f"must be in [0, 1], got {self.noise_time_correlation}")
+        if not 0 <= self.noise_harmonics < self.dit.frames / 2:
+            raise ConfigError("model.noise_harmonics", f"must be in [0, {self.dit.frames / 2:g}), got "
+                                                      f"{self.noise_harmonics}")
         if self.logit_std <= 0:
             raise ConfigError("model.logit_std", f"must be > 0, got {self.logit_std}")
         if not 0 <= self.cond_dropout < 1:
@@ -189,7 +198,16 @@ class FlowMatching(nn.Module):
     def noise(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
         """ε (batch, C, T, H', W'): N(0, I) per element, with correlation ρ between frames (config)."""
         shape, device, rho = (batch, *self.template.shape), self.template.device, self.config.noise_time_correlation
-        eps = torch.randn(shape, generator=generator, device=device)
+        harmonics = self.config.noise_harmonics
+        if harmonics == 0:
+            eps = torch.randn(shape, generator=generator, device=device)
+        else:  # Σ_k a_k·cos(2πkτ/T) + b_k·sin(2πkτ/T), a, b ~ N(0, 1/K): unit variance, harmonics 1…K only
+            frames = shape[2]
+            angle = 2 * torch.pi * torch.outer(torch.arange(1, harmonics + 1, device=device),
+                                               torch.arange(frames, device=device)) / frames  # (K, T)
+            basis = torch.cat([angle.cos(), angle.sin()]) / harmonics**0.5  # (2K, T)
+            coef = torch.randn((batch, shape[1], 2 * harmonics, *shape[3:]), generator=generator, device=device)
+            eps = torch.einsum("bckhw,kt->bcthw", coef, basis)  # (B, C, T, H', W')
         if rho == 0:
             return eps
         shared = torch.randn((batch, shape[1], 1, *shape[3:]), generator=generator, device=device)
