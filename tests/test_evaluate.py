@@ -128,14 +128,20 @@ def _run_ranks(world: int, demo: Path, out: Path, **options) -> None:
         assert p.exitcode == 0
 
 
-def test_two_gloo_ranks_give_the_single_process_metrics(evaluated: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def one_process(evaluated: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`evaluate` in one process on 6 held-out subjects of the quick demo, at noise seeds 0 and 1."""
+    out = tmp_path_factory.mktemp("one-process") / "one"
+    _run_ranks(1, evaluated.parent, out, noise_seeds=2)
+    return out
+
+
+def test_two_gloo_ranks_give_the_single_process_metrics(evaluated: Path, one_process: Path, tmp_path: Path) -> None:
     """Sharded (each rank generates, reconstructs and segments its block, rank 0 scores and writes) = one process,
     number for number: the blocks are whole batches, so every batch is one the single process runs."""
-    demo = evaluated.parent
-    _run_ranks(1, demo, tmp_path / "one", noise_seeds=2)
-    _run_ranks(2, demo, tmp_path / "two", noise_seeds=2)
+    _run_ranks(2, evaluated.parent, tmp_path / "two", noise_seeds=2)
     assert json.loads((tmp_path / "two-rank1.json").read_text()) is None  # rank 1 wrote nothing
-    one, two = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two"))
+    one, two = (json.loads((path / "metrics.json").read_text()) for path in (one_process, tmp_path / "two"))
     assert one["instrument"]["subjects"]["test"] == 6 and one["instrument"]["subjects"]["baseline"] == 3
     definition = one["speed"]["seconds_per_video"]["definition"]
     assert "sampler ancestral" in definition and "guidance 1.5" in definition
@@ -147,14 +153,12 @@ def test_two_gloo_ranks_give_the_single_process_metrics(evaluated: Path, tmp_pat
     assert "<table id='noise-seeds'>" in report
 
 
-def test_noise_seeds_repeat_the_generator_measures_as_single_seed_runs_would(evaluated: Path,
+def test_noise_seeds_repeat_the_generator_measures_as_single_seed_runs_would(evaluated: Path, one_process: Path,
                                                                               tmp_path: Path) -> None:
     """`--noise-seeds 2` (seeds 0, 1): each seed's column is what a run with that seed alone measures, though the
     real cines' readings and VAE reconstructions are computed once; the noise-free numbers are not repeated."""
-    demo = evaluated.parent
-    _run_ranks(1, demo, tmp_path / "both", noise_seeds=2)
-    _run_ranks(1, demo, tmp_path / "seed1", seed=1)
-    both, seed1 = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("both", "seed1"))
+    _run_ranks(1, evaluated.parent, tmp_path / "seed1", seed=1)
+    both, seed1 = (json.loads((path / "metrics.json").read_text()) for path in (one_process, tmp_path / "seed1"))
     over = both["over_noise_seeds"]
     assert over["seeds"] == [0, 1] and "seed 0's" in over["definition"]
     rows = over["measures"]
