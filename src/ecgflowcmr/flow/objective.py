@@ -196,7 +196,8 @@ class FlowMatching(nn.Module):
     # -- the paper's pieces --------------------------------------------------------------------------
 
     def noise(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
-        """ε (batch, C, T, H', W'): N(0, I) per element, with correlation ρ between frames (config)."""
+        """ε (batch, C, T, H', W'): N(0, I) per element, with correlation ρ between frames; its per-frame part
+        white, or made of the cycle's first K harmonics (``noise_harmonics``; config)."""
         shape, device, rho = (batch, *self.template.shape), self.template.device, self.config.noise_time_correlation
         harmonics = self.config.noise_harmonics
         if harmonics == 0:
