@@ -142,21 +142,25 @@ def test_time_correlated_noise(rho: float) -> None:
     torch.testing.assert_close(z0, flow.template + 0.5 * flow.noise(2, torch.Generator().manual_seed(7)))
 
 
-@pytest.mark.parametrize(("rho", "harmonics"), [(0.0, 2), (0.6, 1)])
-def test_harmonic_noise_is_slow_periodic_and_unit_variance(rho: float, harmonics: int) -> None:
-    """model.noise_harmonics K: the per-frame part of ε is made of the cycle's harmonics 1…K, so two frames i, j
-    correlate as ρ + (1 − ρ)·mean_k cos(2πk(i − j)/T), there is no power above harmonic K, and at ρ = 0 each
-    element's mean over the frames is 0; the variance stays 1 per element."""
-    flow = small_flow(alpha=0.5, noise_time_correlation=rho, noise_harmonics=harmonics)
+@pytest.mark.parametrize(("rho", "harmonics", "decay"), [(0.0, 2, 0.0), (0.6, 1, 0.0), (0.3, 2, 2.0)])
+def test_harmonic_noise_is_slow_periodic_and_unit_variance(rho: float, harmonics: int, decay: float) -> None:
+    """model.noise_harmonics K, noise_harmonic_decay p: the per-frame part of ε is made of the cycle's harmonics
+    1…K with variance shares w_k ∝ k^−p, so two frames i, j correlate as ρ + (1 − ρ)·Σ_k w_k·cos(2πk(i − j)/T),
+    the power at harmonic k is ∝ w_k and there is none above K, and at ρ = 0 each element's mean over the
+    frames is 0; the variance stays 1 per element."""
+    flow = small_flow(alpha=0.5, noise_time_correlation=rho, noise_harmonics=harmonics, noise_harmonic_decay=decay)
     eps = flow.noise(4000, torch.Generator().manual_seed(0))  # (4000, C, T, H', W')
     assert eps.shape == (4000, *SHAPE) and abs(float(eps.var()) - 1) < 0.03
     frames = SHAPE[1]
     lag = torch.arange(frames)[:, None] - torch.arange(frames)[None, :]
-    expected = rho + (1 - rho) * torch.stack([torch.cos(2 * torch.pi * k * lag / frames)
-                                              for k in range(1, harmonics + 1)]).mean(0)
+    share = torch.tensor([k**-decay for k in range(1, harmonics + 1)])
+    share = share / share.sum()
+    expected = rho + (1 - rho) * sum(w * torch.cos(2 * torch.pi * k * lag / frames)
+                                     for k, w in enumerate(share.tolist(), start=1))
     assert (torch.corrcoef(eps[:, 0, :, 0, 0].T) - expected).abs().max() < 0.06
     power = torch.fft.rfft(eps - eps.mean(dim=2, keepdim=True), dim=2).abs().pow(2).mean(dim=(0, 1, 3, 4))
     assert float(power[harmonics + 1:].sum()) < 1e-8 * float(power.sum())
+    torch.testing.assert_close(power[1:harmonics + 1] / power[1:harmonics + 1].sum(), share, atol=0.02, rtol=0)
     if rho == 0:
         assert float(eps.mean(dim=2).abs().max()) < 1e-5
     z0 = flow.initial_state(2, torch.Generator().manual_seed(7))
@@ -211,7 +215,7 @@ def test_every_parameter_gets_a_gradient(dropout: float) -> None:  # DDP without
      (dict(noise_time_correlation=1.5), "noise_time_correlation"),
      (dict(noise_time_correlation=-0.1), "noise_time_correlation"), (dict(clean_t_eps=0.0), "clean_t_eps"),
      (dict(motion_weight=-1.0), "motion_weight"), (dict(noise_harmonics=3), "noise_harmonics"),
-     (dict(noise_harmonics=-1), "noise_harmonics")],
+     (dict(noise_harmonics=-1), "noise_harmonics"), (dict(noise_harmonic_decay=-0.5), "noise_harmonic_decay")],
 )
 def test_invalid_flow_configs_raise(bad: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -75,6 +75,10 @@ class FlowConfig:
     the noise is one static anatomy and the flow has no source of randomness for the motion, which then collapses
     to its conditional mean (docs/generator.md, round 12); this gives the motion its own slow noise without the
     flicker of Eq. 4's white per-frame noise. 0: white (Eq. 4 at ρ = 0)."""
+    noise_harmonic_decay: float = 0.0
+    """p: with ``noise_harmonics`` K > 0, harmonic k carries a share k^−p / Σ_j j^−p of the per-frame part's
+    variance (still unit in all). 0 = every harmonic alike; real cine latents' motion falls off as ~k^−2.4 over
+    harmonics 1–3 (docs/generator.md, round 13)."""
     logit_mean: float = 0.0
     """Mean of the logit-normal t distribution."""
     logit_std: float = 1.0
@@ -122,6 +126,8 @@ class FlowConfig:
         if not 0 <= self.noise_harmonics < self.dit.frames / 2:
             raise ConfigError("model.noise_harmonics", f"must be in [0, {self.dit.frames / 2:g}), got "
                                                       f"{self.noise_harmonics}")
+        if self.noise_harmonic_decay < 0:
+            raise ConfigError("model.noise_harmonic_decay", f"must be ≥ 0, got {self.noise_harmonic_decay}")
         if self.logit_std <= 0:
             raise ConfigError("model.logit_std", f"must be > 0, got {self.logit_std}")
         if not 0 <= self.cond_dropout < 1:
@@ -197,16 +203,17 @@ class FlowMatching(nn.Module):
 
     def noise(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
         """ε (batch, C, T, H', W'): N(0, I) per element, with correlation ρ between frames; its per-frame part
-        white, or made of the cycle's first K harmonics (``noise_harmonics``; config)."""
+        white, or made of the cycle's first K harmonics (``noise_harmonics``, ``noise_harmonic_decay``; config)."""
         shape, device, rho = (batch, *self.template.shape), self.template.device, self.config.noise_time_correlation
         harmonics = self.config.noise_harmonics
         if harmonics == 0:
             eps = torch.randn(shape, generator=generator, device=device)
-        else:  # Σ_k a_k·cos(2πkτ/T) + b_k·sin(2πkτ/T), a, b ~ N(0, 1/K): unit variance, harmonics 1…K only
-            frames = shape[2]
-            angle = 2 * torch.pi * torch.outer(torch.arange(1, harmonics + 1, device=device),
-                                               torch.arange(frames, device=device)) / frames  # (K, T)
-            basis = torch.cat([angle.cos(), angle.sin()]) / harmonics**0.5  # (2K, T)
+        else:  # Σ_k a_k·cos(2πkτ/T) + b_k·sin(2πkτ/T), a_k, b_k ~ N(0, w_k), Σ w_k = 1: unit variance, 1…K only
+            frames, order = shape[2], torch.arange(1, harmonics + 1, device=device)
+            angle = 2 * torch.pi * torch.outer(order, torch.arange(frames, device=device)) / frames  # (K, T)
+            share = order.double().pow(-self.config.noise_harmonic_decay)
+            scale = (share / share.sum()).sqrt().float()[:, None]  # w_k^½; k^−0 = 1: every harmonic 1/K
+            basis = torch.cat([angle.cos() * scale, angle.sin() * scale])  # (2K, T)
             coef = torch.randn((batch, shape[1], 2 * harmonics, *shape[3:]), generator=generator, device=device)
             eps = torch.einsum("bckhw,kt->bcthw", coef, basis)  # (B, C, T, H', W')
         if rho == 0:
