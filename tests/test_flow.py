@@ -207,6 +207,33 @@ def test_every_parameter_gets_a_gradient(dropout: float) -> None:  # DDP without
     assert hasattr(flow, "null_cond") == (dropout > 0)
 
 
+def test_motion_noise_is_drawn_in_the_training_motions_shapes() -> None:
+    """model.noise_motion_components J: fitted on latents whose motion is a·u(τ) + b·w(τ) (u, w orthogonal, zero
+    mean, var a = 4·var b), the per-frame part of ε is in those two shapes with their variance shares (frame
+    covariance (4·u uᵀ + w wᵀ)·T / 5 for unit u, w), has no motion outside them and mean variance 1 per frame;
+    at ρ it is weighted √(1 − ρ), the static part √ρ."""
+    frames, g = SHAPE[1], torch.Generator().manual_seed(0)
+    tau = torch.arange(frames) * 2 * torch.pi / frames
+    u, w = tau.cos() + 0.5 * (2 * tau).sin(), (2 * tau).cos()
+    u, w = u / u.norm(), w / w.norm()
+    a, b = 2 * torch.randn(300, 2, 1, 4, 4, generator=g), torch.randn(300, 2, 1, 4, 4, generator=g)
+    z1 = torch.randn(300, 2, 1, 4, 4, generator=g) + a * u[:, None, None] + b * w[:, None, None]
+    rho = 0.3
+    flow = small_flow(alpha=0.5, noise_time_correlation=rho, noise_motion_components=2)
+    found = flow.fit_motion_noise(z1)
+    assert found["share_kept"] == pytest.approx(1, abs=1e-5) and found["items"] == 300
+    eps = flow.noise(4000, torch.Generator().manual_seed(1))  # (4000, C, T, H', W')
+    assert eps.shape == (4000, *SHAPE)
+    per_frame = (eps - eps.mean(dim=2, keepdim=True)) / (1 - rho) ** 0.5
+    x = per_frame.movedim(2, -1).reshape(-1, frames)
+    expected = (4 * torch.outer(u, u) + torch.outer(w, w)) * frames / 5
+    assert (x.T @ x / len(x) - expected).abs().max() < 0.08
+    assert float(eps.mean(dim=2).var()) == pytest.approx(rho, abs=0.03)  # the static part: √ρ·ε_shared
+    assert float(eps.var(dim=0).mean()) == pytest.approx(1, abs=0.03)
+    with pytest.raises(ConfigError, match="noise_harmonics"):
+        FlowConfig(dit=SMALL, noise_motion_components=2, noise_harmonics=1)
+
+
 @pytest.mark.parametrize(
     ("bad", "field"),
     [(dict(alpha=-1.0), "alpha"), (dict(use_template=False, alpha=0.0), "alpha"), (dict(cond_dropout=1.0), "cond_dropout"),
@@ -215,7 +242,8 @@ def test_every_parameter_gets_a_gradient(dropout: float) -> None:  # DDP without
      (dict(noise_time_correlation=1.5), "noise_time_correlation"),
      (dict(noise_time_correlation=-0.1), "noise_time_correlation"), (dict(clean_t_eps=0.0), "clean_t_eps"),
      (dict(motion_weight=-1.0), "motion_weight"), (dict(noise_harmonics=3), "noise_harmonics"),
-     (dict(noise_harmonics=-1), "noise_harmonics"), (dict(noise_harmonic_decay=-0.5), "noise_harmonic_decay")],
+     (dict(noise_harmonics=-1), "noise_harmonics"), (dict(noise_harmonic_decay=-0.5), "noise_harmonic_decay"),
+     (dict(noise_motion_components=6), "noise_motion_components")],
 )
 def test_invalid_flow_configs_raise(bad: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -599,11 +627,11 @@ def test_standardised_condition_uses_the_training_statistics(synthetic_store: Pa
         FlowMatching(FlowConfig(dit=SMALL), cond_stats=(torch.zeros(6, 8), torch.ones(6, 8)))
 
 
-def test_the_ecg_prior_fit_recovers_a_linear_map_and_travels_with_the_weights(synthetic_store: Path,
-                                                                             tmp_path: Path,
-                                                                             real_upstream: dict) -> None:
+def test_the_ecg_prior_and_motion_noise_fits_travel_with_the_weights(synthetic_store: Path, tmp_path: Path,
+                                                                     real_upstream: dict) -> None:
     """model.prior=ecg_linear: the stage fits Δ(c) on the training split (prior.json says how well), the buffers
-    are saved with the weights, and a bundle's sampling starts from template + Δ(c)."""
+    are saved with the weights, and a bundle's sampling starts from template + Δ(c); likewise the motion
+    noise's shapes (model.noise_motion_components, motion_noise.json)."""
     import json
 
     from ecgflowcmr.store.latents import read_encoded_split
@@ -611,7 +639,8 @@ def test_the_ecg_prior_fit_recovers_a_linear_map_and_travels_with_the_weights(sy
     from ecgflowcmr.training.tasks import run_stage
 
     sets = ["train.steps=2", "train.batch_size=2", "train.val_every=0", "train.device=cpu", "model.sample_steps=1",
-            "eval.max_items=2", "model.prior=ecg_linear", "model.prior_components=4", "model.prior_time_bins=5"]
+            "eval.max_items=2", "model.prior=ecg_linear", "model.prior_components=4", "model.prior_time_bins=5",
+            "model.noise_time_correlation=0.5", "model.noise_motion_components=2"]
     run = run_stage(flow_stage, "flow", synthetic_store, tmp_path / "run", config="tiny", sets=sets, **real_upstream)
     found = json.loads((run / "prior.json").read_text())
     assert found["items"] == 8 and 0 < found["components_variance"] <= 1 + 1e-6
@@ -621,6 +650,11 @@ def test_the_ecg_prior_fit_recovers_a_linear_map_and_travels_with_the_weights(sy
     refit = FlowMatching(flow.config, flow.template)
     refit.prior.fit(train["z1"] - flow.template, train["cond"])
     torch.testing.assert_close(refit.prior_shift(train["cond"]), flow.prior_shift(train["cond"]))
+    motion = json.loads((run / "motion_noise.json").read_text())
+    assert motion["items"] == 8 and 0 < motion["share_kept"] <= 1 + 1e-6 and motion["motion_variance"] > 0
+    assert refit.fit_motion_noise(train["z1"]) == motion
+    torch.testing.assert_close(refit.motion_basis, flow.motion_basis)
+    assert flow.motion_basis.abs().sum() > 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert np.isfinite(metrics["flow_latent_mse_prior"]["value"])
 

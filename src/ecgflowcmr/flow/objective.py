@@ -79,6 +79,13 @@ class FlowConfig:
     """p: with ``noise_harmonics`` K > 0, harmonic k carries a share k^−p / Σ_j j^−p of the per-frame part's
     variance (still unit in all). 0 = every harmonic alike; real cine latents' motion falls off as ~k^−2.4 over
     harmonics 1–3 (docs/generator.md, round 13)."""
+    noise_motion_components: int = 0
+    """J > 0: the per-frame part of ε (weight √(1 − ρ)) is Σ_j a_j·u_j(τ), a_j ~ N(0, 1), with u_j the J leading
+    temporal principal components of the training latents' motion (their deviation from their mean over the
+    frames, pooled over channels and positions), each scaled by its share of the J's variance: a noise in the
+    motion's own shapes and phases, fitted by the flow stage and saved with the weights. Its variance is 1 on
+    average over the frames and follows the real motion's over the cycle (larger at end-systole). Excludes
+    ``noise_harmonics``."""
     logit_mean: float = 0.0
     """Mean of the logit-normal t distribution."""
     logit_std: float = 1.0
@@ -126,6 +133,12 @@ class FlowConfig:
         if not 0 <= self.noise_harmonics < self.dit.frames / 2:
             raise ConfigError("model.noise_harmonics", f"must be in [0, {self.dit.frames / 2:g}), got "
                                                       f"{self.noise_harmonics}")
+        if not 0 <= self.noise_motion_components < self.dit.frames:
+            raise ConfigError("model.noise_motion_components", f"must be in [0, {self.dit.frames}), got "
+                                                              f"{self.noise_motion_components}")
+        if self.noise_motion_components and self.noise_harmonics:
+            raise ConfigError("model.noise_motion_components", "and model.noise_harmonics both shape the per-frame "
+                                                              "noise: set one")
         if self.noise_harmonic_decay < 0:
             raise ConfigError("model.noise_harmonic_decay", f"must be ≥ 0, got {self.noise_harmonic_decay}")
         if self.logit_std <= 0:
@@ -192,6 +205,8 @@ class FlowMatching(nn.Module):
         elif tuple(template.shape) != config.latent_shape:
             raise ConfigError("template", f"shape {tuple(template.shape)} is not {config.latent_shape}")
         self.register_buffer("template", template.detach().float().clone())  # (C, T, H', W')
+        if config.noise_motion_components:  # fitted by the flow stage (fit_motion_noise), then saved with the weights
+            self.register_buffer("motion_basis", torch.zeros(config.noise_motion_components, config.dit.frames))
         self.prior = None
         if config.prior == "ecg_linear":  # fitted by the flow stage (LinearPrior.fit), then saved with the weights
             self.prior = LinearPrior((config.dit.frames, config.dit.cond_dim), config.latent_shape,
@@ -203,10 +218,15 @@ class FlowMatching(nn.Module):
 
     def noise(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
         """ε (batch, C, T, H', W'): N(0, I) per element, with correlation ρ between frames; its per-frame part
-        white, or made of the cycle's first K harmonics (``noise_harmonics``, ``noise_harmonic_decay``; config)."""
+        white, made of the cycle's first K harmonics (``noise_harmonics``, ``noise_harmonic_decay``) or of the training
+        motion's J leading shapes (``noise_motion_components``; config)."""
         shape, device, rho = (batch, *self.template.shape), self.template.device, self.config.noise_time_correlation
         harmonics = self.config.noise_harmonics
-        if harmonics == 0:
+        if self.config.noise_motion_components:  # Σ_j a_j·u_j(τ) in the training latents' motion shapes
+            coef = torch.randn((batch, shape[1], len(self.motion_basis), *shape[3:]), generator=generator,
+                               device=device)
+            eps = torch.einsum("bcjhw,jt->bcthw", coef, self.motion_basis)  # (B, C, T, H', W')
+        elif harmonics == 0:
             eps = torch.randn(shape, generator=generator, device=device)
         else:  # Σ_k a_k·cos(2πkτ/T) + b_k·sin(2πkτ/T), a_k, b_k ~ N(0, w_k), Σ w_k = 1: unit variance, 1…K only
             frames, order = shape[2], torch.arange(1, harmonics + 1, device=device)
@@ -220,6 +240,22 @@ class FlowMatching(nn.Module):
             return eps
         shared = torch.randn((batch, shape[1], 1, *shape[3:]), generator=generator, device=device)
         return (1 - rho) ** 0.5 * eps + rho**0.5 * shared  # still unit variance per element
+
+    @torch.no_grad()
+    def fit_motion_noise(self, z1: Tensor) -> dict[str, float]:
+        """Set the motion noise's basis (``noise_motion_components`` J) from training latents z1 (N, C, T, H', W'):
+        the J leading eigenvectors u_j of the frames' covariance of z1 − mean_τ(z1), pooled over items, channels
+        and positions, as rows √(T·λ_j / Σ_{i≤J} λ_i)·u_j (mean variance 1 per frame). Returns the share of the
+        motion's variance the J hold and the motion's variance per element."""
+        frames = z1.shape[2]
+        motion = (z1 - z1.mean(dim=2, keepdim=True)).double().movedim(2, -1).reshape(-1, frames)  # (N·C·H'·W', T)
+        values, vectors = torch.linalg.eigh(motion.T @ motion / len(motion))  # ascending
+        values, vectors = values.flip(0), vectors.flip(1)
+        j = len(self.motion_basis)
+        kept = values[:j].clamp_min(0)
+        self.motion_basis.copy_(((frames * kept / kept.sum()).sqrt()[:, None] * vectors[:, :j].T).float())
+        return {"items": len(z1), "motion_variance": float(values.sum() / frames),
+                "share_kept": float(kept.sum() / values.clamp_min(0).sum())}
 
     def initial_state(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
         """Eq. 4: z0 = z_template + α·ε, (batch, C, T, H', W'); ε from :meth:`noise` drawn from ``generator``."""

@@ -51,8 +51,9 @@ class FlowStageConfig:
     encode_batch_size: int = 8
     """Batch size when encoding the store with the frozen PA-MAE and VAE (once, before training)."""
     prior_max_items: int = 2048
-    """With ``model.prior: ecg_linear``: the ECG prior is fitted on the first this-many training items (store
-    order; the split is random), which bounds its memory (~0.23 GB per 1,000 items at paper latent size)."""
+    """With ``model.prior: ecg_linear`` (or ``model.noise_motion_components``): the ECG prior (the motion noise's
+    shapes) is fitted on the first this-many training items (store order; the split is random), which bounds its
+    memory (~0.23 GB per 1,000 items at paper latent size)."""
 
     def __post_init__(self) -> None:
         if self.encode_batch_size < 1:
@@ -173,6 +174,9 @@ def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = Non
     if model.prior is not None:  # the same closed-form fit on every rank (and restored exactly on resume)
         found = fit_prior(model, train, cfg.stage.prior_max_items)
         write_text_atomic(Path(run_dir) / "prior.json", json.dumps(found, indent=2))
+    if config.noise_motion_components:  # likewise the motion noise's shapes
+        found = model.fit_motion_noise(train.tensors(cfg.stage.prior_max_items)["z1"])
+        write_text_atomic(Path(run_dir) / "motion_noise.json", json.dumps(found, indent=2))
     write_text_atomic(Path(run_dir) / "upstream.json",
                       json.dumps({"pamae": str(Path(pamae).resolve()), "vae": str(Path(vae).resolve())}, indent=2))
     return Setup(model=model, train_set=train, val_set=encoded.get("val"))
