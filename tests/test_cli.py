@@ -50,6 +50,12 @@ def test_user_error_is_one_line(tmp_path: Path, capsys) -> None:
     assert err.startswith("error: ") and str(empty) in err and err.count("\n") == 1
 
 
+def test_demo_refuses_a_bad_noise_seed_count_before_any_work(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--recipe", "small", "--noise-seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --noise-seeds: must be ≥ 1, got 0\n" and not (tmp_path / "demo").exists()
+
+
 def test_unknown_config_key_is_refused(synthetic_store: Path, tmp_path: Path, capsys) -> None:
     code = main(["train", "pamae", "--data", str(synthetic_store), "--out", str(tmp_path / "run"),
                  "--set", "train.learning_rate=1"])

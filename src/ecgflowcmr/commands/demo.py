@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ecgflowcmr.commands.demo_report import write_report
@@ -114,9 +114,10 @@ def _store(cohort: Path, store: Path) -> None:
 
 
 def run_demo(out: str | Path = "runs/demo", n: int | None = None, quick: bool = False,
-             recipe: str | Recipe = "demo") -> Path:
+             recipe: str | Recipe = "demo", noise_seeds: int | None = None) -> Path:
     """Run every stage of ``recipe`` (a name in RECIPES; ``quick``: the tests' few-step run) into ``out``;
-    returns the path of ``report.html``. Rerunning continues: finished steps are not redone."""
+    returns the path of ``report.html``. Rerunning continues: finished steps are not redone. ``noise_seeds``
+    replaces the recipe's (``evaluate --noise-seeds``)."""
     from ecgflowcmr.commands.evaluate import evaluate
     from ecgflowcmr.commands.generate import generate
     from ecgflowcmr.training.tasks import train
@@ -127,6 +128,10 @@ def run_demo(out: str | Path = "runs/demo", n: int | None = None, quick: bool = 
         if recipe not in RECIPES:
             raise InputError("--recipe", f"unknown recipe {recipe!r} (choose from {', '.join(RECIPES)})")
         recipe = RECIPES[recipe]
+    if noise_seeds is not None:
+        if noise_seeds < 1:
+            raise InputError("--noise-seeds", f"must be ≥ 1, got {noise_seeds}")
+        recipe = replace(recipe, noise_seeds=noise_seeds)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
