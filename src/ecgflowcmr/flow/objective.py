@@ -217,9 +217,9 @@ class FlowMatching(nn.Module):
     # -- the paper's pieces --------------------------------------------------------------------------
 
     def noise(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
-        """ε (batch, C, T, H', W'): N(0, I) per element, with correlation ρ between frames; its per-frame part
-        white, made of the cycle's first K harmonics (``noise_harmonics``, ``noise_harmonic_decay``) or of the training
-        motion's J leading shapes (``noise_motion_components``; config)."""
+        """ε (batch, C, T, H', W'): N(0, 1) per element, with correlation ρ between frames; its per-frame part
+        white, made of the cycle's first K harmonics (``noise_harmonics``, ``noise_harmonic_decay``) or of the
+        training motion's J leading shapes (``noise_motion_components``: variance 1 on average over the frames)."""
         shape, device, rho = (batch, *self.template.shape), self.template.device, self.config.noise_time_correlation
         harmonics = self.config.noise_harmonics
         if self.config.noise_motion_components:  # Σ_j a_j·u_j(τ) in the training latents' motion shapes
