@@ -223,19 +223,18 @@ class FlowMatching(nn.Module):
         shape, device, rho = (batch, *self.template.shape), self.template.device, self.config.noise_time_correlation
         harmonics = self.config.noise_harmonics
         if self.config.noise_motion_components:  # Σ_j a_j·u_j(τ) in the training latents' motion shapes
-            coef = torch.randn((batch, shape[1], len(self.motion_basis), *shape[3:]), generator=generator,
-                               device=device)
-            eps = torch.einsum("bcjhw,jt->bcthw", coef, self.motion_basis)  # (B, C, T, H', W')
-        elif harmonics == 0:
-            eps = torch.randn(shape, generator=generator, device=device)
-        else:  # Σ_k a_k·cos(2πkτ/T) + b_k·sin(2πkτ/T), a_k, b_k ~ N(0, w_k), Σ w_k = 1: unit variance, 1…K only
+            basis = self.motion_basis  # (J, T)
+        elif harmonics:  # Σ_k a_k·cos(2πkτ/T) + b_k·sin(2πkτ/T), a_k, b_k ~ N(0, w_k), Σ w_k = 1: unit variance
             frames, order = shape[2], torch.arange(1, harmonics + 1, device=device)
             angle = 2 * torch.pi * torch.outer(order, torch.arange(frames, device=device)) / frames  # (K, T)
             share = order.double().pow(-self.config.noise_harmonic_decay)
             scale = (share / share.sum()).sqrt().float()[:, None]  # w_k^½; k^−0 = 1: every harmonic 1/K
             basis = torch.cat([angle.cos() * scale, angle.sin() * scale])  # (2K, T)
-            coef = torch.randn((batch, shape[1], 2 * harmonics, *shape[3:]), generator=generator, device=device)
-            eps = torch.einsum("bckhw,kt->bcthw", coef, basis)  # (B, C, T, H', W')
+        if self.config.noise_motion_components or harmonics:  # the per-frame part: N(0, 1) weights on the rows
+            coef = torch.randn((batch, shape[1], len(basis), *shape[3:]), generator=generator, device=device)
+            eps = torch.einsum("bcjhw,jt->bcthw", coef, basis)  # (B, C, T, H', W')
+        else:
+            eps = torch.randn(shape, generator=generator, device=device)
         if rho == 0:
             return eps
         shared = torch.randn((batch, shape[1], 1, *shape[3:]), generator=generator, device=device)

@@ -131,11 +131,16 @@ def condition_statistics(pairs: LatentPairs) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
 
 
-def fit_prior(model: FlowMatching, train: LatentPairs, max_items: int) -> dict[str, float]:
-    """Fit the flow's ECG prior (``flow.prior.LinearPrior``) on up to ``max_items`` training items."""
+def fit_start(model: FlowMatching, train: LatentPairs, max_items: int, run_dir: Path) -> None:
+    """Fit what the flow's start needs from the data, on up to ``max_items`` training items read once: the ECG
+    prior (``flow.prior.LinearPrior``; prior.json) and the motion noise's shapes (motion_noise.json)."""
     items = train.tensors(max_items)
-    found = model.prior.fit(items["z1"] - model.template, items["cond"])
-    return {"items": len(items["z1"]), **found}
+    if model.prior is not None:
+        found = model.prior.fit(items["z1"] - model.template, items["cond"])
+        write_text_atomic(run_dir / "prior.json", json.dumps({"items": len(items["z1"]), **found}, indent=2))
+    if model.config.noise_motion_components:
+        found = model.fit_motion_noise(items["z1"])
+        write_text_atomic(run_dir / "motion_noise.json", json.dumps(found, indent=2))
 
 
 def fit_to_upstream(config: FlowConfig, z1: Tensor, cond: Tensor) -> FlowConfig:
@@ -171,12 +176,8 @@ def build(cfg: RunConfig, data: Path, run_dir: Path, *, pamae: Path | None = Non
     config = fit_to_upstream(cfg.model, first["z1"][None], first["cond"][None])
     template = read_template(Path(vae)) if config.use_template else None
     model = FlowMatching(config, template, condition_statistics(train) if config.standardise_condition else None)
-    if model.prior is not None:  # the same closed-form fit on every rank (and restored exactly on resume)
-        found = fit_prior(model, train, cfg.stage.prior_max_items)
-        write_text_atomic(Path(run_dir) / "prior.json", json.dumps(found, indent=2))
-    if config.noise_motion_components:  # likewise the motion noise's shapes
-        found = model.fit_motion_noise(train.tensors(cfg.stage.prior_max_items)["z1"])
-        write_text_atomic(Path(run_dir) / "motion_noise.json", json.dumps(found, indent=2))
+    if model.prior is not None or config.noise_motion_components:  # closed form, the same on every rank
+        fit_start(model, train, cfg.stage.prior_max_items, Path(run_dir))  # (and restored exactly on resume)
     write_text_atomic(Path(run_dir) / "upstream.json",
                       json.dumps({"pamae": str(Path(pamae).resolve()), "vae": str(Path(vae).resolve())}, indent=2))
     return Setup(model=model, train_set=train, val_set=encoded.get("val"))
