@@ -18,6 +18,8 @@ CONFIGS = [
     pytest.param(dict(patch=3), id="patch3"),
     pytest.param(dict(patch=2, attention="alternating"), id="alternating"),
     pytest.param(dict(patch=2, pos_embed="learned"), id="learned-pos"),
+    pytest.param(dict(patch=2, cross_attention=True), id="cross-attention"),
+    pytest.param(dict(patch=2, frame_adaln=True), id="frame-adaln"),
 ]
 
 
@@ -28,10 +30,10 @@ def inputs(cfg: DiTConfig, b: int = 2, seed: int = 0) -> tuple[torch.Tensor, tor
 
 
 def randomize_output(net: DiT) -> None:
-    """Leave the adaLN-Zero start so the output depends on the inputs."""
+    """Leave the adaLN-Zero start (and the cross-attention's zero output) so the output depends on the inputs."""
     torch.manual_seed(1)
     for name, p in net.named_parameters():
-        if "adaLN_modulation" in name or "final_layer.linear" in name:
+        if "adaLN_modulation" in name or "final_layer.linear" in name or "cross.proj" in name:
             torch.nn.init.normal_(p, std=0.05)
 
 
@@ -108,8 +110,31 @@ def test_batch_items_are_independent() -> None:
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
 
 
-def test_gradients_reach_every_parameter() -> None:
-    cfg = DiTConfig(**SMALL, pos_embed="learned")
+def test_frame_adaln_starts_as_the_pooled_model_and_reads_token_i_at_frame_i() -> None:
+    pooled_cfg = DiTConfig(**SMALL)
+    pooled, framed = DiT(pooled_cfg), DiT(DiTConfig(**SMALL, frame_adaln=True))
+    randomize_output(pooled)
+    missing, unexpected = framed.load_state_dict(pooled.state_dict(), strict=False)
+    assert missing == ["frame_adaln.weight", "frame_adaln.bias"] and not unexpected
+    z, t, c = inputs(pooled_cfg)
+    torch.testing.assert_close(framed(z, t, c), pooled(z, t, c), atol=1e-6, rtol=0)  # frame_adaln starts at 0
+
+    for net in (pooled, framed):  # the ECG now enters only through adaLN
+        torch.nn.init.zeros_(net.frame_cond.weight)
+        for block in net.blocks:
+            torch.nn.init.zeros_(block.adaLN_modulation[-1].weight)  # blocks: identity
+    torch.nn.init.normal_(framed.frame_adaln.weight, std=0.5)
+    swapped = c.clone()
+    swapped[:, [2, 3]] = c[:, [3, 2]]  # same pooled mean, tokens 2 and 3 in each other's frames
+    torch.testing.assert_close(pooled(z, t, c), pooled(z, t, swapped))  # the pooled embedding cannot see order
+    changed = (framed(z, t, c) - framed(z, t, swapped)).abs().amax(dim=(0, 1, 3, 4))  # per frame
+    assert changed[2] > 1e-2 and changed[3] > 1e-2
+    assert torch.all(changed[[0, 1, 4, 5]] < 1e-5)  # (the pooled mean's summation order: rounding only)
+
+
+@pytest.mark.parametrize("extra", [dict(pos_embed="learned"), dict(cross_attention=True, frame_adaln=True)])
+def test_gradients_reach_every_parameter(extra: dict) -> None:
+    cfg = DiTConfig(**SMALL, **extra)
     net = DiT(cfg)
     randomize_output(net)
     z, t, c = inputs(cfg)

@@ -8,6 +8,8 @@ aligned ECG token i, projected to D, is added to every spatial token of frame i 
 Attention is factorised (spatial: the N tokens of a frame; temporal: the T frames of one patch position),
 both through ``F.scaled_dot_product_attention``. With ``cross_attention`` every block also attends from all
 its tokens to the 50 aligned ECG tokens (with their frame positions), as the public code conditions its DiT.
+With ``frame_adaln`` the adaLN vector of frame i also gets aligned token i, so every block's shift, scale and
+gate of frame i's tokens depend on the ECG at that frame.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ class DiTConfig:
     """Every block also cross-attends to the T aligned ECG tokens (+ their frame position), as the public code;
     output projections start at zero. False: the ECG enters only at the input (token i added to frame i) and
     through the pooled adaLN embedding."""
+    frame_adaln: bool = False
+    """Frame i's adaLN vector (every block's shift, scale and gate, and the final layer's) also gets the aligned
+    ECG token i through a linear map that starts at zero (so the start is the pooled model's). False: one adaLN
+    vector per video (t + pooled ECG), as DiT."""
 
     def __post_init__(self) -> None:
         check_model_sizes("model.dit.", self, widths=("latent_channels", "cond_dim", "width", "heads"),
@@ -93,7 +99,7 @@ def sincos_2d(grid: int, dim: int) -> Tensor:
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN: x (B, T, N, D) · (1 + scale) + shift, with shift/scale (B, 1, 1, D)."""
+    """adaLN: x (B, T, N, D) · (1 + scale) + shift, with shift/scale (B, 1 or T, 1, D)."""
     return x * (1 + scale) + shift
 
 
@@ -168,8 +174,8 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * (len(attentions) + 1) * width))
 
     def forward(self, x: Tensor, y: Tensor, context: Tensor) -> Tensor:
-        """x (B, T, N, D), y (B, D) adaLN conditioning, context (B, T, D) ECG tokens (used with cross)."""
-        mods = self.adaLN_modulation(y)[:, None, None].chunk(3 * (len(self.attns) + 1), dim=-1)  # each (B,1,1,D)
+        """x (B, T, N, D), y (B, 1 or T, D) adaLN conditioning, context (B, T, D) ECG tokens (used with cross)."""
+        mods = self.adaLN_modulation(y)[:, :, None].chunk(3 * (len(self.attns) + 1), dim=-1)  # (B, 1|T, 1, D)
         for i, (norm, attn) in enumerate(zip(self.norms, self.attns)):
             shift, scale, gate = mods[3 * i : 3 * i + 3]
             x = x + gate * attn(modulate(norm(x), shift, scale))
@@ -190,7 +196,7 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        shift, scale = self.adaLN_modulation(y)[:, None, None].chunk(2, dim=-1)
+        shift, scale = self.adaLN_modulation(y)[:, :, None].chunk(2, dim=-1)  # (B, 1|T, 1, D) each
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
@@ -211,6 +217,7 @@ class DiT(nn.Module):
         self.cond_norm = nn.LayerNorm(config.cond_dim, eps=1e-6)
         self.frame_cond = nn.Linear(config.cond_dim, d)  # token i → added to every patch of frame i
         self.global_cond = nn.Sequential(nn.Linear(config.cond_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.frame_adaln = nn.Linear(config.cond_dim, d) if config.frame_adaln else None  # token i → frame i's y
         grid = config.latent_size // p
         pos_space, pos_time = sincos_2d(grid, d), sincos_position_embedding(config.frames, d)
         if config.pos_embed == "learned":
@@ -238,6 +245,8 @@ class DiT(nn.Module):
             nn.init.normal_(mlp[0].weight, std=0.02)
             nn.init.normal_(mlp[2].weight, std=0.02)
         nn.init.normal_(self.frame_cond.weight, std=0.02)
+        if self.frame_adaln is not None:  # starts as the pooled model
+            nn.init.zeros_(self.frame_adaln.weight)
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
@@ -270,7 +279,9 @@ class DiT(nn.Module):
         tokens = self.frame_cond(c)  # (B, T, D)
         x = x + tokens[:, :, None]  # (B, T, N, D): ECG token i ↔ frame i
         context = tokens + self.pos_time  # (B, T, D): the cross-attention keys know their frame
-        y = self.t_embedder(t) + self.global_cond(c.mean(dim=1))  # (B, D): adaLN conditioning
+        y = (self.t_embedder(t) + self.global_cond(c.mean(dim=1)))[:, None]  # (B, 1, D): adaLN conditioning
+        if self.frame_adaln is not None:
+            y = y + self.frame_adaln(c)  # (B, T, D): frame i's also knows ECG token i
         for block in self.blocks:
             x = block(x, y, context)  # (B, T, N, D)
         return self.unpatchify(self.final_layer(x, y))  # (B, C, T, H', W')
