@@ -11,7 +11,7 @@ import pytest
 from ecgflowcmr.cli import build_parser, main
 
 COMMANDS = [["phantom"], ["inspect"], ["prepare"], ["show"], ["train", "pamae"], ["train", "vae"],
-            ["train", "flow"], ["generate"], ["evaluate"], ["demo"]]
+            ["train", "flow"], ["swap-decoder"], ["generate"], ["evaluate"], ["demo"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

@@ -239,3 +239,51 @@ def test_generate_resumes_after_interruption(bundle: Path, cohort: Path, tmp_pat
     for sid in "abc":
         np.testing.assert_array_equal(np.load(out / shard_of(sid) / f"{sid}.npy"),
                                       np.load(tmp_path / "fresh" / shard_of(sid) / f"{sid}.npy"))
+
+
+def _decoder_run(bundle: Path, tmp_path: Path, change: str) -> Path:
+    """A copy of the bundle's VAE run folder with ``change``'s tensors moved: a stand-in for a decoder fine-tuning
+    (``decoder``), a run whose encoder moved (``encoder``) or whose template did (``template``)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    run = Path(shutil.copytree(bundle.parent / "vae", tmp_path / f"vae_{change}"))
+    name = "template.safetensors" if change == "template" else "model.safetensors"
+    tensors = load_file(str(run / name))
+    save_file({k: t + 0.05 if k.startswith(change) else t for k, t in tensors.items()}, str(run / name))
+    return run
+
+
+def test_swap_decoder_keeps_everything_but_the_decoder(bundle: Path, cohort: Path, tmp_path: Path) -> None:
+    from ecgflowcmr.bundle import read_bundle, swap_decoder
+
+    run = _decoder_run(bundle, tmp_path, "decoder")
+    new = swap_decoder(bundle, run, tmp_path / "swapped")
+    _, meta, _ = read_bundle(new)
+    assert meta["decoder"]["from_run"] == str(run.resolve())
+    for name in ("pamae/model.safetensors", "flow/model.safetensors", "flow/config.json", "template.safetensors"):
+        assert (new / name).read_bytes() == (bundle / name).read_bytes(), name
+    assert (new / "vae/model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    old_cines = generate(bundle, cohort / "manifest.csv", tmp_path / "old", formats=["npy"], steps=1, seed=3)
+    new_cines = generate(new, cohort / "manifest.csv", tmp_path / "new", formats=["npy"], steps=1, seed=3)
+    assert old_cines.generated == new_cines.generated == 3
+    a = np.load(tmp_path / "old" / shard_of("a") / "a.npy")
+    b = np.load(tmp_path / "new" / shard_of("a") / "a.npy")
+    assert a.shape == b.shape and not np.array_equal(a, b)  # the same latent, decoded by the new decoder
+
+
+@pytest.mark.parametrize(("change", "fragment"), [("encoder", "encoder is not the bundle's"),
+                                                  ("template", "not the bundle's template")])
+def test_swap_decoder_refuses_other_latents(bundle: Path, tmp_path: Path, capsys, change: str,
+                                            fragment: str) -> None:
+    run = _decoder_run(bundle, tmp_path, change)
+    args = ["swap-decoder", "--model", str(bundle), "--vae", str(run), "--out", str(tmp_path / "swapped")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
+    assert not (tmp_path / "swapped").exists()
+    good = _decoder_run(bundle, tmp_path, "decoder")
+    (tmp_path / "taken").mkdir()
+    assert main([*args[:4], str(good), "--out", str(tmp_path / "taken")]) == 2
+    assert "already exists" in capsys.readouterr().err

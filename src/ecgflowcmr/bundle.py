@@ -209,6 +209,38 @@ def write_bundle(out: str | Path, *, pamae_run: Path, vae_run: Path, flow_run: P
     return out
 
 
+def swap_decoder(model: str | Path, vae_run: str | Path, out: str | Path) -> Path:
+    """A copy of bundle ``model`` (or a flow run folder's bundle) at ``out`` whose VAE is ``vae_run``: a ``train
+    vae`` run with ``stage.train=decoder`` from the bundle's VAE (e.g. with ``model.gan_weight``). The flow was
+    trained on the bundle VAE's latents, so everything but the decoder — the encoder, the latent scale and the
+    template — must be the bundle's bit for bit; otherwise it is refused and nothing is written."""
+    bundle, vae_run, out = find_bundle(model), Path(vae_run), Path(out)
+    if out.exists():
+        raise InputError(out, "already exists: give a new folder for the new bundle")
+    kept = load_model(bundle / "vae", "vae").state_dict()
+    new = load_model(vae_run, "vae").state_dict()
+    differ = [k for k in kept if not k.startswith("decoder.")
+              and (k not in new or new[k].shape != kept[k].shape or not torch.equal(new[k], kept[k]))]
+    if differ:
+        raise InputError(vae_run, f"its encoder is not the bundle's ({_some(differ, 3)} differ): fine-tune the "
+                                  f"decoder alone from the bundle's VAE (stage.init=…, stage.train=decoder)")
+    template, bundled = read_template(vae_run), read_template(bundle)
+    if template.shape != bundled.shape or not torch.equal(template, bundled):
+        raise InputError(vae_run / TEMPLATE_FILE, "is not the bundle's template: the flow starts from the "
+                                                  "bundle's, so the decoder run must keep it")
+    meta = read_bundle_meta(bundle)
+    with atomic_dir(out) as tmp:
+        for name in STAGE_FOLDERS:
+            (tmp / name).mkdir()
+            source = vae_run if name == "vae" else bundle / name
+            for fname in (WEIGHTS_FILE, CONFIG_FILE):
+                shutil.copy2(source / fname, tmp / name / fname)
+        shutil.copy2(bundle / TEMPLATE_FILE, tmp / TEMPLATE_FILE)
+        meta["decoder"] = {"from_run": str(vae_run.resolve()), "replaces_bundle": str(bundle.resolve())}
+        (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
 def bundle_geometry(store: Path) -> dict[str, Any]:
     """Output geometry for generated cines: the median canonical pixel spacing of the training cines."""
     from ecgflowcmr.store.prepared import StoreDataset

@@ -112,6 +112,12 @@ def _cmd_downstream(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(f) for f in files[:3]) + f" and {len(files) - 3} plot(s)")
 
 
+def _cmd_swap_decoder(args: argparse.Namespace) -> None:
+    from ecgflowcmr.bundle import swap_decoder
+
+    print(f"wrote {swap_decoder(args.model, args.vae, args.out)}")
+
+
 def _max_baseline(args: argparse.Namespace) -> int | None:
     """``--max-baseline N|all`` → N, None for ``all``, the evaluation's default when not given."""
     from ecgflowcmr.evaluation.instrument import DEFAULT_MAX_BASELINE
@@ -180,6 +186,18 @@ def _cmd_turing(args: argparse.Namespace) -> None:
         files = write_score(score, args.out or args.study / "score")
         print(markdown_section(score))
         print("wrote " + ", ".join(str(f) for f in files))
+
+
+def _add_swap_decoder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("swap-decoder", help="a copy of a bundle with a fine-tuned VAE decoder (no flow retraining)",
+                       description="Write a new bundle: MODEL's PA-MAE, flow and template with the VAE of RUN, a "
+                       "`train vae` run with --set stage.init=<MODEL's VAE run> --set stage.train=decoder (e.g. "
+                       "with model.gan_weight, docs/generator.md round 10). RUN's encoder, latent scale and "
+                       "template must be MODEL's bit for bit, so the flow decodes through the new decoder as it is.")
+    p.add_argument("--model", type=Path, required=True, help="bundle folder (or a flow run folder)")
+    p.add_argument("--vae", type=Path, required=True, metavar="RUN", help="the decoder fine-tuning's run folder")
+    p.add_argument("--out", type=Path, required=True, help="the new bundle's folder (must not exist)")
+    p.set_defaults(func=_cmd_swap_decoder)
 
 
 def _add_phantom(sub: argparse._SubParsersAction) -> None:
@@ -387,8 +405,8 @@ def _add_turing(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_cmd_turing)
 
 
-SUBCOMMANDS = (_add_phantom, _add_inspect, _add_prepare, _add_show, _add_train, _add_generate, _add_evaluate,
-               _add_downstream, _add_demo, _add_turing)
+SUBCOMMANDS = (_add_phantom, _add_inspect, _add_prepare, _add_show, _add_train, _add_swap_decoder, _add_generate,
+               _add_evaluate, _add_downstream, _add_demo, _add_turing)
 """One function per subcommand, in the order ``--help`` lists them."""
 
 
