@@ -119,10 +119,10 @@ def test_frame_adaln_starts_as_the_pooled_model_and_reads_token_i_at_frame_i() -
     z, t, c = inputs(pooled_cfg)
     torch.testing.assert_close(framed(z, t, c), pooled(z, t, c), atol=1e-6, rtol=0)  # frame_adaln starts at 0
 
-    for net in (pooled, framed):  # the ECG now enters only through adaLN
+    for net in (pooled, framed):  # the ECG now enters only through the final layer's adaLN
         torch.nn.init.zeros_(net.frame_cond.weight)
         for block in net.blocks:
-            torch.nn.init.zeros_(block.adaLN_modulation[-1].weight)  # blocks: identity
+            torch.nn.init.zeros_(block.adaLN_modulation[-1].weight)  # blocks: modulation (bias) blind to y
     torch.nn.init.normal_(framed.frame_adaln.weight, std=0.5)
     swapped = c.clone()
     swapped[:, [2, 3]] = c[:, [3, 2]]  # same pooled mean, tokens 2 and 3 in each other's frames
