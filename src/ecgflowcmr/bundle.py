@@ -217,6 +217,7 @@ def swap_decoder(model: str | Path, vae_run: str | Path, out: str | Path) -> Pat
     bundle, vae_run, out = find_bundle(model), Path(vae_run), Path(out)
     if out.exists():
         raise InputError(out, "already exists: give a new folder for the new bundle")
+    meta = read_bundle_meta(bundle)
     kept = load_model(bundle / "vae", "vae").state_dict()
     new = load_model(vae_run, "vae").state_dict()
     differ = [k for k in kept if not k.startswith("decoder.")
@@ -228,7 +229,6 @@ def swap_decoder(model: str | Path, vae_run: str | Path, out: str | Path) -> Pat
     if template.shape != bundled.shape or not torch.equal(template, bundled):
         raise InputError(vae_run / TEMPLATE_FILE, "is not the bundle's template: the flow starts from the "
                                                   "bundle's, so the decoder run must keep it")
-    meta = read_bundle_meta(bundle)
     with atomic_dir(out) as tmp:
         for name in STAGE_FOLDERS:
             (tmp / name).mkdir()
