@@ -243,7 +243,7 @@ def test_motion_noise_is_drawn_in_the_training_motions_shapes() -> None:
      (dict(noise_time_correlation=-0.1), "noise_time_correlation"), (dict(clean_t_eps=0.0), "clean_t_eps"),
      (dict(motion_weight=-1.0), "motion_weight"), (dict(noise_harmonics=3), "noise_harmonics"),
      (dict(noise_harmonics=-1), "noise_harmonics"), (dict(noise_harmonic_decay=-0.5), "noise_harmonic_decay"),
-     (dict(noise_motion_components=6), "noise_motion_components")],
+     (dict(noise_motion_components=6), "noise_motion_components"), (dict(prior_align_phase=True), "prior_align_phase")],
 )
 def test_invalid_flow_configs_raise(bad: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -629,9 +629,9 @@ def test_standardised_condition_uses_the_training_statistics(synthetic_store: Pa
 
 def test_the_ecg_prior_and_motion_noise_fits_travel_with_the_weights(synthetic_store: Path, tmp_path: Path,
                                                                      real_upstream: dict) -> None:
-    """model.prior=ecg_linear: the stage fits Δ(c) on the training split (prior.json says how well), the buffers
-    are saved with the weights, and a bundle's sampling starts from template + Δ(c); likewise the motion
-    noise's shapes (model.noise_motion_components, motion_noise.json)."""
+    """model.prior=ecg_linear (phase-aligned): the stage fits Δ(c) on the training split (prior.json says how
+    well), the buffers are saved with the weights, and a bundle's sampling starts from template + Δ(c); likewise
+    the motion noise's shapes (model.noise_motion_components, motion_noise.json)."""
     import json
 
     from ecgflowcmr.store.latents import read_encoded_split
@@ -640,15 +640,17 @@ def test_the_ecg_prior_and_motion_noise_fits_travel_with_the_weights(synthetic_s
 
     sets = ["train.steps=2", "train.batch_size=2", "train.val_every=0", "train.device=cpu", "model.sample_steps=1",
             "eval.max_items=2", "model.prior=ecg_linear", "model.prior_components=4", "model.prior_time_bins=5",
-            "model.noise_time_correlation=0.5", "model.noise_motion_components=2"]
+            "model.noise_time_correlation=0.5", "model.noise_motion_components=2", "model.prior_align_phase=true"]
     run = run_stage(flow_stage, "flow", synthetic_store, tmp_path / "run", config="tiny", sets=sets, **real_upstream)
     found = json.loads((run / "prior.json").read_text())
     assert found["items"] == 8 and 0 < found["components_variance"] <= 1 + 1e-6
+    assert 1 <= found["end_systole_mean"] <= 48 and found["end_systole_loo_rmse"] >= 0
     flow = load_model(run, "flow")
     assert flow.prior is not None and flow.prior.basis.abs().sum() > 0  # fitted, not the zeros it starts as
+    torch.testing.assert_close(flow.prior.template, flow.template)
     train = read_encoded_split(run, "train")
     refit = FlowMatching(flow.config, flow.template)
-    refit.prior.fit(train["z1"] - flow.template, train["cond"])
+    refit.prior.fit(train["z1"] - flow.template, train["cond"], template=flow.template)
     torch.testing.assert_close(refit.prior_shift(train["cond"]), flow.prior_shift(train["cond"]))
     motion = json.loads((run / "motion_noise.json").read_text())
     assert motion["items"] == 8 and 0 < motion["share_kept"] <= 1 + 1e-6 and motion["motion_variance"] > 0
@@ -676,6 +678,50 @@ def test_the_prior_fit_recovers_a_known_linear_map() -> None:
     assert error < 0.01  # held-out items: the map itself was found, not the training points
     with pytest.raises(ConfigError, match="prior_time_bins"):
         LinearPrior((frames, dim), SHAPE, components=3, time_bins=4)
+
+
+def test_warp_time_moves_one_frame_onto_another_and_closes_the_cycle() -> None:
+    from ecgflowcmr.flow.prior import warp_time
+
+    frames = 20
+    z = torch.randn(3, 2, frames, 4, 4, generator=torch.Generator().manual_seed(0))
+    same = torch.tensor([7.0, 9.5, 12.0])
+    torch.testing.assert_close(warp_time(z, same, same), z)  # no move: every frame read where it is
+    spike = torch.zeros(2, 1, frames, 1, 1)
+    spike[0, 0, 6], spike[1, 0, 12] = 1.0, 1.0
+    moved = warp_time(spike, torch.tensor([6.0, 12.0]), torch.tensor([10.0, 8.0]))[:, 0, :, 0, 0]
+    assert moved.argmax(1).tolist() == [10, 8] and moved.max(1).values.tolist() == [1.0, 1.0]
+    ramp = torch.arange(frames, dtype=torch.float64).reshape(1, 1, frames, 1, 1)
+    stretched = warp_time(ramp, torch.tensor([5.0]), torch.tensor([10.0])).flatten()
+    torch.testing.assert_close(stretched[:11], torch.arange(11, dtype=torch.float64) / 2)  # systole twice as long
+    torch.testing.assert_close(stretched[10:], 5 + torch.arange(10, dtype=torch.float64) * 1.5)  # diastole shorter
+
+
+def test_the_phase_aligned_prior_keeps_the_timing_a_linear_map_blurs() -> None:
+    """Latents whose contraction (a bump in time) peaks at a frame set by the ECG: the plain linear prior mixes
+    the training cycles and misplaces the peak on held-out items; aligned, it puts it where the ECG says."""
+    from ecgflowcmr.flow.prior import LinearPrior, latent_end_systole
+
+    g = torch.Generator().manual_seed(0)
+    n, frames, dim, shape = 300, 50, 4, (2, 50, 3, 3)
+    cond = torch.randn(n + 100, frames, dim, generator=g)
+    es = 20 + 3 * cond[:, :, 0].mean(1) * frames**0.5  # (n,) the end-systolic frame, ~ 20 ± 3
+    lag = (torch.arange(frames) - es[:, None] + frames / 2) % frames - frames / 2  # (n, T) circular distance
+    bump = torch.exp(-0.5 * (lag / 3) ** 2)  # (n, T)
+    pattern = torch.randn(shape[0], 1, *shape[2:], generator=g)  # where in space it contracts
+    z1 = bump[:, None, :, None, None] * pattern + 0.05 * torch.randn(n + 100, *shape, generator=g)
+    template = z1[:n].mean(0)
+    truth = latent_end_systole(z1[n:])
+    errors = {}
+    for align in (False, True):
+        prior = LinearPrior((frames, dim), shape, components=8, time_bins=5, align_phase=align)
+        found = prior.fit(z1[:n] - template, cond[:n], template=template)
+        start = template + prior(cond[n:])
+        errors[align] = float((latent_end_systole(start) - truth).abs().mean())
+    assert found["end_systole_loo_rmse"] < 0.5 and found["end_systole_mean"] == pytest.approx(20, abs=0.5)
+    assert errors[True] < 0.5 < errors[False] / 2, errors
+    with pytest.raises(ValueError, match="template"):
+        prior.fit(z1[:n] - template, cond[:n])
 
 
 def test_with_the_prior_an_untrained_clean_flow_lands_on_template_plus_prior() -> None:

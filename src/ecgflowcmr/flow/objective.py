@@ -122,6 +122,10 @@ class FlowConfig:
     """K: principal directions of the latent's deviation from the template that the ECG prior predicts."""
     prior_time_bins: int = 10
     """The ECG prior's features: the aligned tokens averaged over this many equal groups of frames."""
+    prior_align_phase: bool = False
+    """Fit the ECG prior on training latents warped in time to a common end-systolic frame, and move its
+    prediction back onto the end-systolic frame a ridge regression predicts from the same ECG features
+    (``flow.prior``, phase alignment): a linear map alone blurs the timing (docs/generator.md, round 15)."""
 
     def __post_init__(self) -> None:
         if self.alpha < 0:
@@ -157,6 +161,8 @@ class FlowConfig:
             raise ConfigError("model.prior_time_bins", f"must be ≥ 1, got {self.prior_time_bins}")
         if self.prior == "ecg_linear" and not self.use_template:
             raise ConfigError("model.prior", "'ecg_linear' predicts the deviation from the template: needs use_template")
+        if self.prior_align_phase and self.prior != "ecg_linear":
+            raise ConfigError("model.prior_align_phase", "aligns the ECG prior's phase: needs model.prior=ecg_linear")
         if self.sample_guidance is not None and self.cond_dropout == 0:
             raise ConfigError("model.sample_guidance", "guidance needs cond_dropout > 0 (an unconditional model); "
                                                       "with model.cond_dropout=0 set model.sample_guidance=null too")
@@ -210,7 +216,7 @@ class FlowMatching(nn.Module):
         self.prior = None
         if config.prior == "ecg_linear":  # fitted by the flow stage (LinearPrior.fit), then saved with the weights
             self.prior = LinearPrior((config.dit.frames, config.dit.cond_dim), config.latent_shape,
-                                     config.prior_components, config.prior_time_bins)
+                                     config.prior_components, config.prior_time_bins, config.prior_align_phase)
         self._to_velocity = self._velocity_from_clean if config.prediction == "clean" else self._velocity_as_is
         self._loss_weight = _one_minus if config.loss_space == "clean" else _unit
 

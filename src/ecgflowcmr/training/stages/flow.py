@@ -136,7 +136,7 @@ def fit_start(model: FlowMatching, train: LatentPairs, max_items: int, run_dir: 
     prior (``flow.prior.LinearPrior``; prior.json) and the motion noise's shapes (motion_noise.json)."""
     items = train.tensors(max_items)
     if model.prior is not None:
-        found = model.prior.fit(items["z1"] - model.template, items["cond"])
+        found = model.prior.fit(items["z1"] - model.template, items["cond"], template=model.template)
         write_text_atomic(run_dir / "prior.json", json.dumps({"items": len(items["z1"]), **found}, indent=2))
     if model.config.noise_motion_components:
         found = model.fit_motion_noise(items["z1"])
