@@ -243,7 +243,7 @@ def test_motion_noise_is_drawn_in_the_training_motions_shapes() -> None:
      (dict(noise_time_correlation=-0.1), "noise_time_correlation"), (dict(clean_t_eps=0.0), "clean_t_eps"),
      (dict(motion_weight=-1.0), "motion_weight"), (dict(noise_harmonics=3), "noise_harmonics"),
      (dict(noise_harmonics=-1), "noise_harmonics"), (dict(noise_harmonic_decay=-0.5), "noise_harmonic_decay"),
-     (dict(noise_motion_components=6), "noise_motion_components"), (dict(prior_align_phase=True), "prior_align_phase")],
+     (dict(noise_motion_components=6), "noise_motion_components")],
 )
 def test_invalid_flow_configs_raise(bad: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -722,6 +722,7 @@ def test_the_phase_aligned_prior_keeps_the_timing_a_linear_map_blurs() -> None:
     assert errors[True] < 0.5 < errors[False] / 2, errors
     with pytest.raises(ValueError, match="template"):
         prior.fit(z1[:n] - template, cond[:n])
+    assert FlowMatching(FlowConfig(dit=SMALL, prior_align_phase=True)).prior is None  # shapes the ECG prior only
 
 
 def test_with_the_prior_an_untrained_clean_flow_lands_on_template_plus_prior() -> None:

@@ -125,7 +125,9 @@ class FlowConfig:
     prior_align_phase: bool = False
     """Fit the ECG prior on training latents warped in time to a common end-systolic frame, and move its
     prediction back onto the end-systolic frame a ridge regression predicts from the same ECG features
-    (``flow.prior``, phase alignment): a linear map alone blurs the timing (docs/generator.md, round 15)."""
+    (``flow.prior``, phase alignment): a linear map alone blurs the timing (docs/generator.md, round 15). Like
+    ``prior_components`` and ``prior_time_bins``, it shapes the ECG prior only: without one (prior 'template')
+    it does nothing, so the paper's start stays ``model.prior=template`` alone."""
 
     def __post_init__(self) -> None:
         if self.alpha < 0:
@@ -161,8 +163,6 @@ class FlowConfig:
             raise ConfigError("model.prior_time_bins", f"must be ≥ 1, got {self.prior_time_bins}")
         if self.prior == "ecg_linear" and not self.use_template:
             raise ConfigError("model.prior", "'ecg_linear' predicts the deviation from the template: needs use_template")
-        if self.prior_align_phase and self.prior != "ecg_linear":
-            raise ConfigError("model.prior_align_phase", "aligns the ECG prior's phase: needs model.prior=ecg_linear")
         if self.sample_guidance is not None and self.cond_dropout == 0:
             raise ConfigError("model.sample_guidance", "guidance needs cond_dropout > 0 (an unconditional model); "
                                                       "with model.cond_dropout=0 set model.sample_guidance=null too")
