@@ -703,7 +703,7 @@ def test_the_phase_aligned_prior_keeps_the_timing_a_linear_map_blurs() -> None:
     from ecgflowcmr.flow.prior import LinearPrior, latent_end_systole
 
     g = torch.Generator().manual_seed(0)
-    n, frames, dim, shape = 300, 50, 4, (2, 50, 3, 3)
+    n, frames, dim, shape = 300, 50, 4, (2, 50, 3, 3)  # 300 items: more than one WARP_CHUNK
     cond = torch.randn(n + 100, frames, dim, generator=g)
     es = 20 + 3 * cond[:, :, 0].mean(1) * frames**0.5  # (n,) the end-systolic frame, ~ 20 ± 3
     lag = (torch.arange(frames) - es[:, None] + frames / 2) % frames - frames / 2  # (n, T) circular distance

@@ -43,6 +43,8 @@ from ecgflowcmr.evaluation.conditioning import PEAK_LEVEL, peak_centre
 
 RIDGE_PENALTIES = np.logspace(-2, 5, 15)
 """Candidate ridge penalties (on standardised features); the leave-one-out error picks one."""
+WARP_CHUNK = 256
+"""Training latents warped at a time when the phase is aligned (the warp's temporaries are a few latents each)."""
 
 
 def warp_time(z: Tensor, source: Tensor, target: Tensor) -> Tensor:
@@ -141,7 +143,8 @@ class LinearPrior(nn.Module):
             z1 = target + template.double()
             es = latent_end_systole(z1).clamp(1, frames - 2)  # (n,)
             es_mean = es.mean()
-            target = warp_time(z1, es, es_mean.expand(n))  # the latents with their end-systole on frame E
+            chunks = [slice(i, i + WARP_CHUNK) for i in range(0, n, WARP_CHUNK)]  # bound the warp's memory
+            target = torch.cat([warp_time(z1[k], es[k], es_mean.expand(len(es[k]))) for k in chunks])  # ES on E
             timing = RidgeCV(alphas=RIDGE_PENALTIES).fit(x, es.numpy())
             self.template.copy_(template)
             self.es_mean.fill_(float(es_mean))
