@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from ecgflowcmr.signal.phase import PEAK_LEVEL, peak_centre
+
 MOVING_FRACTION = 0.2
-PEAK_LEVEL = 0.95
 
 
 # --------------------------------------------------------------------------------------------------
@@ -72,24 +73,6 @@ def es_frame(cines: np.ndarray, moving_fraction: float = MOVING_FRACTION, level:
     around the argmax whose value is ≥ ``level`` · max.
     """
     return peak_centre(motion_curve(cines, moving_fraction), level)
-
-
-def peak_centre(curves: np.ndarray, level: float = PEAK_LEVEL) -> np.ndarray:
-    """(N, T) → (N,) in [0, T): mean frame index of the run ≥ level·max containing the argmax (circular)."""
-    if not 0 < level <= 1:
-        raise ValueError(f"level must be in (0, 1], got {level}")
-    n, t = curves.shape
-    out = np.empty(n)
-    for i, curve in enumerate(curves):
-        peak = int(curve.argmax())
-        high = curve >= level * curve[peak]
-        left = right = 0
-        while left < t - 1 and high[(peak - left - 1) % t]:
-            left += 1
-        while left + right < t - 1 and high[(peak + right + 1) % t]:
-            right += 1
-        out[i] = (peak + (right - left) / 2) % t
-    return out
 
 
 def circular_frame_error(a: np.ndarray, b: np.ndarray, frames: int) -> np.ndarray:

@@ -10,7 +10,7 @@ short-axis volumes of the paper:
 - ``lv_myo_area_mm2``: LV myocardium area, mean over frames;
 - ``rv_fac``: RV fractional area change;
 - ``es_frame``: end-systolic frame (sub-frame): the peak of the contraction curve max(A_LV) − A_LV(t),
-  centre of its run ≥ 0.95·max (``conditioning.peak_centre``).
+  centre of its run ≥ 0.95·max (``signal.phase.peak_centre``).
 
 Agreement between the measure on the generated cine and on the subject's own real cine, across held-out
 subjects: Spearman ρ, R² = 1 − Σ(g − r)² / Σ(r − r̄)² (the generated value used as the prediction, no
@@ -46,11 +46,12 @@ import numpy as np
 
 from ecgflowcmr.canonical import N_FRAMES
 from ecgflowcmr.errors import InputError
-from ecgflowcmr.evaluation.conditioning import PEAK_LEVEL, peak_centre, swap_partners, timing_metrics
+from ecgflowcmr.evaluation.conditioning import swap_partners, timing_metrics
 from ecgflowcmr.evaluation.frechet import frechet_between
 from ecgflowcmr.evaluation.quality import chunk_mean
 from ecgflowcmr.evaluation.segmentation import CLASSES, Segmenter
 from ecgflowcmr.evaluation.sharding import StoreRows, process_rank, shard_map
+from ecgflowcmr.signal.phase import PEAK_LEVEL, peak_centre
 
 CHAMBERS = CLASSES[1:]
 MIN_DICE = 0.7

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ecgflowcmr.errors import ConfigError, InputError
-from ecgflowcmr.evaluation.conditioning import PEAK_LEVEL, peak_centre
+from ecgflowcmr.signal.phase import PEAK_LEVEL, peak_centre
 
 RIDGE_PENALTIES = np.logspace(-2, 5, 15)
 """Candidate ridge penalties (on standardised features); the leave-one-out error picks one."""

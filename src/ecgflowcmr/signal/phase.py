@@ -1,4 +1,4 @@
-"""R-peaks and cardiac phase labels (docs/architecture.md, docs/decisions.md).
+"""R-peaks and cardiac phase labels (docs/architecture.md, docs/decisions.md); end-systole on a cycle's curve.
 
 Phase per ECG sample: float32 radians in [0, 2π), 0 at an R-peak, rising linearly to 2π at the next one;
 NaN (unknown) before the first and after the last R-peak. Ours differs from the public code, which labels
@@ -173,3 +173,29 @@ def rpeak_f1(true: np.ndarray, pred: np.ndarray, tol_samples: int = 10) -> float
             used_t[a] = used_p[b] = True
             tp += 1
     return 2.0 * tp / (t.size + p.size)
+
+
+# --------------------------------------------------------------------------------------------------
+# End-systole on a cycle's curve (cines, latents)
+# --------------------------------------------------------------------------------------------------
+
+PEAK_LEVEL = 0.95
+"""End-systole is the centre of the run of frames within this fraction of the curve's maximum (its plateau)."""
+
+
+def peak_centre(curves: np.ndarray, level: float = PEAK_LEVEL) -> np.ndarray:
+    """(N, T) → (N,) in [0, T): mean frame index of the run ≥ level·max containing the argmax (circular)."""
+    if not 0 < level <= 1:
+        raise ValueError(f"level must be in (0, 1], got {level}")
+    n, t = curves.shape
+    out = np.empty(n)
+    for i, curve in enumerate(curves):
+        peak = int(curve.argmax())
+        high = curve >= level * curve[peak]
+        left = right = 0
+        while left < t - 1 and high[(peak - left - 1) % t]:
+            left += 1
+        while left + right < t - 1 and high[(peak + right + 1) % t]:
+            right += 1
+        out[i] = (peak + (right - left) / 2) % t
+    return out
