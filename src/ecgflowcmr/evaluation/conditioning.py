@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ecgflowcmr.signal.phase import PEAK_LEVEL, peak_centre
+from ecgflowcmr.signal.phase import PEAK_LEVEL, peak_centre, smooth_circular
 
 MOVING_FRACTION = 0.2
 
@@ -62,7 +62,7 @@ def motion_curve(cines: np.ndarray, moving_fraction: float = MOVING_FRACTION) ->
     moving = np.argpartition(spread, -k, axis=1)[:, -k:]  # (N, k) pixel indices
     picked = np.take_along_axis(flat, moving[:, None, :], axis=2)  # (N, T, k)
     curve = np.abs(picked - picked[:, :1]).mean(axis=2)  # (N, T)
-    return 0.25 * np.roll(curve, 1, axis=1) + 0.5 * curve + 0.25 * np.roll(curve, -1, axis=1)
+    return smooth_circular(curve)
 
 
 def es_frame(cines: np.ndarray, moving_fraction: float = MOVING_FRACTION, level: float = PEAK_LEVEL) -> np.ndarray:

@@ -51,7 +51,7 @@ from ecgflowcmr.evaluation.frechet import frechet_between
 from ecgflowcmr.evaluation.quality import chunk_mean
 from ecgflowcmr.evaluation.segmentation import CLASSES, Segmenter
 from ecgflowcmr.evaluation.sharding import StoreRows, process_rank, shard_map
-from ecgflowcmr.signal.phase import PEAK_LEVEL, peak_centre
+from ecgflowcmr.signal.phase import PEAK_LEVEL, peak_centre, smooth_circular
 
 CHAMBERS = CLASSES[1:]
 MIN_DICE = 0.7
@@ -97,11 +97,6 @@ def baseline_items(n: int, max_baseline: int | None) -> int:
 # --------------------------------------------------------------------------------------------------
 # Reading cines: areas → measures, features
 # --------------------------------------------------------------------------------------------------
-
-
-def smooth_circular(curves: np.ndarray) -> np.ndarray:
-    """[1, 2, 1]/4 along axis 1 (frames), circular: the cine covers one R-R, frame T−1 neighbours frame 0."""
-    return 0.25 * np.roll(curves, 1, axis=1) + 0.5 * curves + 0.25 * np.roll(curves, -1, axis=1)
 
 
 def contraction_curve(areas: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ecgflowcmr.errors import ConfigError, InputError
-from ecgflowcmr.signal.phase import PEAK_LEVEL, peak_centre
+from ecgflowcmr.signal.phase import PEAK_LEVEL, peak_centre, smooth_circular
 
 RIDGE_PENALTIES = np.logspace(-2, 5, 15)
 """Candidate ridge penalties (on standardised features); the leave-one-out error picks one."""
@@ -72,9 +72,8 @@ def latent_end_systole(z: Tensor) -> Tensor:
     """z (B, C, T, H', W') → (B,) float64, the end-systolic frame (sub-frame): the peak of Σ (z_t − z_0)², frame 0
     being the R-peak (end-diastole), circularly smoothed [1, 2, 1]/4, as the centre of the run of frames within
     ``PEAK_LEVEL`` of the maximum around the argmax (the instrument's ``es_frame`` rule, on the latent)."""
-    distance = (z - z[:, :, :1]).double().pow(2).sum((1, 3, 4))  # (B, T)
-    distance = 0.25 * distance.roll(1, 1) + 0.5 * distance + 0.25 * distance.roll(-1, 1)
-    return torch.from_numpy(peak_centre(distance.cpu().numpy(), PEAK_LEVEL))
+    distance = (z - z[:, :, :1]).double().pow(2).sum((1, 3, 4)).cpu().numpy()  # (B, T)
+    return torch.from_numpy(peak_centre(smooth_circular(distance), PEAK_LEVEL))
 
 
 class LinearPrior(nn.Module):

@@ -183,6 +183,11 @@ PEAK_LEVEL = 0.95
 """End-systole is the centre of the run of frames within this fraction of the curve's maximum (its plateau)."""
 
 
+def smooth_circular(curves: np.ndarray) -> np.ndarray:
+    """[1, 2, 1]/4 along axis 1 (frames), circular: the cine covers one R-R, frame T−1 neighbours frame 0."""
+    return 0.25 * np.roll(curves, 1, axis=1) + 0.5 * curves + 0.25 * np.roll(curves, -1, axis=1)
+
+
 def peak_centre(curves: np.ndarray, level: float = PEAK_LEVEL) -> np.ndarray:
     """(N, T) → (N,) in [0, T): mean frame index of the run ≥ level·max containing the argmax (circular)."""
     if not 0 < level <= 1:
