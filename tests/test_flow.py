@@ -243,7 +243,8 @@ def test_motion_noise_is_drawn_in_the_training_motions_shapes() -> None:
      (dict(noise_time_correlation=-0.1), "noise_time_correlation"), (dict(clean_t_eps=0.0), "clean_t_eps"),
      (dict(motion_weight=-1.0), "motion_weight"), (dict(noise_harmonics=3), "noise_harmonics"),
      (dict(noise_harmonics=-1), "noise_harmonics"), (dict(noise_harmonic_decay=-0.5), "noise_harmonic_decay"),
-     (dict(noise_motion_components=6), "noise_motion_components")],
+     (dict(noise_motion_components=6), "noise_motion_components"),
+     (dict(prior="ecg_linear", flow_align_phase=True), "flow_align_phase")],
 )
 def test_invalid_flow_configs_raise(bad: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -720,6 +721,14 @@ def test_the_phase_aligned_prior_keeps_the_timing_a_linear_map_blurs() -> None:
         errors[align] = float((latent_end_systole(start) - truth).abs().mean())
     assert found["end_systole_loo_rmse"] < 0.5 and found["end_systole_mean"] == pytest.approx(20, abs=0.5)
     assert errors[True] < 0.5 < errors[False] / 2, errors
+    # what a flow in aligned time learns and gives back (model.flow_align_phase): every training latent's
+    # end-systole on E; a latent on E placed onto the frame the ECG predicts
+    aligned = prior.align(z1[:n])
+    off = (latent_end_systole(aligned) - prior.es_mean.double()).abs()  # the rule reads whole and half frames
+    assert float(off.mean()) < 0.5 and float((off <= 0.5).double().mean()) > 0.95, off
+    placed = prior.place(template + prior.aligned(cond[n:]), cond[n:])
+    torch.testing.assert_close(placed, template + prior(cond[n:]))
+    assert float((latent_end_systole(placed) - truth).abs().mean()) < 0.5
     with pytest.raises(ValueError, match="template"):
         prior.fit(z1[:n] - template, cond[:n])
     assert FlowMatching(FlowConfig(dit=SMALL, prior_align_phase=True)).prior is None  # shapes the ECG prior only
@@ -740,6 +749,31 @@ def test_with_the_prior_an_untrained_clean_flow_lands_on_template_plus_prior() -
         torch.testing.assert_close(z, expected)
     plain = sample(flow, cond, steps=3, generator=torch.Generator().manual_seed(1), ecg_prior=False)
     torch.testing.assert_close(plain, flow.template.expand_as(plain))
+
+
+def test_a_flow_in_aligned_time_starts_there_and_places_its_sample_on_the_ecgs_timing() -> None:
+    """model.flow_align_phase: the start is template + the prior's aligned prediction, and the sample is moved
+    onto ê(c) only at the end — an untrained clean flow lands on the prior's prediction in the subject's time;
+    the null condition starts from the template and is not moved."""
+    torch.manual_seed(0)
+    config = FlowConfig(dit=SMALL, prior="ecg_linear", prior_align_phase=True, flow_align_phase=True,
+                        prediction="clean", prior_time_bins=3)
+    flow = FlowMatching(config, torch.randn(SHAPE))
+    for name in ("coef", "basis", "intercept", "offset", "es_coef"):
+        getattr(flow.prior, name).normal_()
+    flow.prior.template.copy_(flow.template)
+    flow.prior.es_mean.fill_(2.5)
+    flow.prior.es_intercept.fill_(2.5)
+    cond = torch.randn(3, 6, 8)
+    torch.testing.assert_close(flow.prior_shift(cond), flow.prior.aligned(cond))
+    assert not torch.allclose(flow.prior_shift(cond), flow.prior(cond))  # the ECG moves the timing
+    for seed in (1, 2):
+        z = sample(flow, cond, steps=3, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(z, flow.template + flow.prior(cond))
+    plain = sample(flow, cond, steps=3, generator=torch.Generator().manual_seed(1), ecg_prior=False)
+    torch.testing.assert_close(plain, flow.template.expand_as(plain))
+    z1 = torch.randn(2, *SHAPE)
+    torch.testing.assert_close(flow.target(z1), flow.prior.align(z1))
 
 
 def test_guidance_with_the_prior_combines_clean_estimates_each_from_its_own_path() -> None:

@@ -205,7 +205,7 @@ def flow_metrics(model: FlowMatching, pairs: LatentPairs | None, cfg: EvalConfig
         "flow_test_items": {"value": n, "definition": "test items with a valid ECG alignment that were sampled"},
     }
     if model.prior is not None:
-        shift = torch.cat([model.prior_shift(cond[i : i + cfg.batch_size].to(device)).cpu()
+        shift = torch.cat([model.prior(cond[i : i + cfg.batch_size].to(device)).cpu()  # in the subject's time
                            for i in range(0, n, cfg.batch_size)])
         metrics["flow_latent_mse_prior"] = {
             "value": float(((model.template.cpu() + shift - z1) ** 2).mean()),

@@ -104,12 +104,33 @@ class LinearPrior(nn.Module):
         b, t, d = c.shape
         return c.reshape(b, self.time_bins, t // self.time_bins, d).mean(2).reshape(b, -1)
 
+    def standardised(self, c: Tensor) -> Tensor:
+        """(B, T, D) → (B, F): the features, standardised by the training items' mean and spread."""
+        return (self.features(c) - self.feature_mean) / self.feature_std
+
     def forward(self, c: Tensor) -> Tensor:
-        x = (self.features(c) - self.feature_mean) / self.feature_std  # (B, F)
-        mean = (self.offset + (x @ self.coef + self.intercept) @ self.basis).reshape(c.shape[0], *self.latent_shape)
+        x = self.standardised(c)  # (B, F)
         if not self.align_phase:
-            return mean
-        return warp_time(mean, self.es_mean.expand(len(c)), self.end_systole(x)) - self.template
+            return self.linear(x)
+        return warp_time(self.linear(x), self.es_mean.expand(len(c)), self.end_systole(x)) - self.template
+
+    def linear(self, x: Tensor) -> Tensor:
+        """Standardised features (B, F) → offset + s(c)·U (B, C, T, H', W'): aligned, the prediction in aligned time."""
+        return (self.offset + (x @ self.coef + self.intercept) @ self.basis).reshape(x.shape[0], *self.latent_shape)
+
+    def aligned(self, c: Tensor) -> Tensor:
+        """Aligned: the prediction relative to the template in aligned time (end-systole on E), (B, C, T, H', W')."""
+        return self.linear(self.standardised(c)) - self.template
+
+    def align(self, z: Tensor) -> Tensor:
+        """Aligned: latents z (B, C, T, H', W') warped in time so that their own end-systole sits on E."""
+        frames = self.latent_shape[1]
+        es = latent_end_systole(z).clamp(1, frames - 2).to(z.device)
+        return warp_time(z, es, self.es_mean.expand(len(z)))
+
+    def place(self, z: Tensor, c: Tensor) -> Tensor:
+        """Aligned: z (B, C, T, H', W') in aligned time moved onto the end-systolic frame ê(c) the ECG predicts."""
+        return warp_time(z, self.es_mean.expand(len(z)), self.end_systole(self.standardised(c)))
 
     def end_systole(self, x: Tensor) -> Tensor:
         """Standardised features (B, F) → ê (B,): the predicted end-systolic frame, kept within [1, T − 2]."""
@@ -141,15 +162,14 @@ class LinearPrior(nn.Module):
             frames = self.latent_shape[1]
             z1 = target + template.double()
             es = latent_end_systole(z1).clamp(1, frames - 2)  # (n,)
-            es_mean = es.mean()
+            self.es_mean.fill_(float(es.mean()))
             chunks = [slice(i, i + WARP_CHUNK) for i in range(0, n, WARP_CHUNK)]  # bound the warp's memory
-            target = torch.cat([warp_time(z1[k], es[k], es_mean.expand(len(es[k]))) for k in chunks])  # ES on E
+            target = torch.cat([self.align(z1[k]) for k in chunks])  # end-systole on E
             timing = RidgeCV(alphas=RIDGE_PENALTIES).fit(x, es.numpy())
             self.template.copy_(template)
-            self.es_mean.fill_(float(es_mean))
             self.es_coef.copy_(torch.from_numpy(timing.coef_))
             self.es_intercept.fill_(float(timing.intercept_))
-            found = {"end_systole_mean": float(es_mean), "end_systole_sd": float(es.std()),
+            found = {"end_systole_mean": float(self.es_mean), "end_systole_sd": float(es.std()),
                      "end_systole_loo_rmse": float(-timing.best_score_) ** 0.5,
                      "end_systole_ridge_penalty": float(timing.alpha_)}
         y = target.reshape(n, -1)  # (n, L)

@@ -1,8 +1,9 @@
 """Integrating the learned velocity field from t = 0 (noisy template) to t = 1 (paper Eq. 8).
 
 Apart from the network: ``flow`` is anything with ``velocity(z_t, t, c, shift)``, ``initial_state(batch,
-generator)``, ``prior_shift(c)`` (the ECG prior's start relative to the template, or None) and, for guidance,
-``null_condition(batch)`` (``FlowMatching`` has all four).
+generator)``, ``prior_shift(c)`` (the ECG prior's start relative to the template, or None), ``place(z1, c)``
+(a sample moved onto the subject's own time; called only with a prior) and, for guidance,
+``null_condition(batch)`` (``FlowMatching`` has all five).
 
     Euler (Eq. 8):  z_{t+Δt} = z_t + Δt·v(z_t, t)                                 1 pass per step
     Heun:           z' = z_t + Δt·v(z_t, t);  z_{t+Δt} = z_t + Δt/2·(v(z_t, t) + v(z', t+Δt))   2 passes
@@ -130,7 +131,8 @@ def sample(flow: Any, cond: Tensor, *, steps: int, method: str = "euler", guidan
             raise ConfigError("step_noise", f"shape {tuple(step_noise.shape)} is not {(steps - 1, *z.shape)}")
         for i in range(steps - 1):
             z = stochastic_step(v, z, times[i], times[i + 1], mean, flow.config.alpha, eta, step_noise[i].to(z))
-        return euler_step(v, z, times[-2], times[-1])  # t' = 1: no noise left to draw
-    for i in range(steps):
-        z = step(v, z, times[i], times[i + 1])
-    return z
+        z = euler_step(v, z, times[-2], times[-1])  # t' = 1: no noise left to draw
+    else:
+        for i in range(steps):
+            z = step(v, z, times[i], times[i + 1])
+    return z if shift is None else flow.place(z, cond)
