@@ -29,7 +29,9 @@ predicts the end-systolic frame ê(c) from the same features, and
 
     Δ(c)    = warp(offset + s(c) · U,  E → ê(c)) − z_template
 
-the aligned prediction moved back onto the subject's own timing.
+the aligned prediction moved back onto the subject's own timing. ``align`` (a latent onto E) and ``place`` (a latent
+on E onto ê(c)) are the two warps, which ``model.flow_align_phase`` also applies to the flow's own training
+latents and samples (``FlowMatching.target`` / ``place``).
 """
 
 from __future__ import annotations
