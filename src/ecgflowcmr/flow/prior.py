@@ -166,7 +166,7 @@ class LinearPrior(nn.Module):
             es = latent_end_systole(z1).clamp(1, frames - 2)  # (n,)
             self.es_mean.fill_(float(es.mean()))
             chunks = [slice(i, i + WARP_CHUNK) for i in range(0, n, WARP_CHUNK)]  # bound the warp's memory
-            target = torch.cat([self.align(z1[k]) for k in chunks])  # end-systole on E
+            target = torch.cat([warp_time(z1[k], es[k], self.es_mean.expand(len(es[k]))) for k in chunks])  # as align
             timing = RidgeCV(alphas=RIDGE_PENALTIES).fit(x, es.numpy())
             self.template.copy_(template)
             self.es_coef.copy_(torch.from_numpy(timing.coef_))
