@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecgflowcmr.evaluation.instrument import (
+from ecgflowcmr.evaluation.instrument import nearest_by_cosine, noise_seed_summary
+from ecgflowcmr.evaluation.readout import (
     MEASURES,
     agreement,
     chamber_measures,
     contraction_curve,
     identification,
-    nearest_by_cosine,
-    noise_seed_summary,
     real_vs_generated_auc,
     ridge_predict,
     sharpness,

@@ -63,8 +63,8 @@ def test_fvd_with_an_i3d_and_its_floor(tmp_path) -> None:
 def test_chunked_means_equal_the_whole_set_formulas() -> None:
     """The measures run over chunks of cines (bounded memory at 1,000 subjects); more items than one chunk
     must give the whole-set formula's value."""
-    from ecgflowcmr.evaluation.instrument import sharpness
     from ecgflowcmr.evaluation.quality import CHUNK
+    from ecgflowcmr.evaluation.readout import sharpness
 
     x = np.random.default_rng(0).random((CHUNK * 2 + 5, 6, 12, 12), dtype=np.float32)
     change = np.abs(np.roll(x, -1, axis=1) - x).mean()
