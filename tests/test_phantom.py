@@ -194,6 +194,27 @@ def test_lvef_agrees_with_mask_area_change_and_es_at_t_end() -> None:
     assert np.median(np.abs(lag)) < 0.04 and np.max(np.abs(lag)) < 0.1
 
 
+
+def test_a_cine_on_another_candidate_beat_keeps_the_subject_and_moves_end_systole() -> None:
+    moved = 0
+    for i in range(8):
+        s = simulate_subject(i, 23, FAST, with_cine=True)
+        beats = s.ecg.candidate_beats
+        assert len(beats) == 3 and any(b.rpeak == s.ecg.cine_rpeak for b in beats)
+        assert all(b.rpeak in s.ecg.rpeaks for b in beats)
+        shown = next(k for k, b in enumerate(beats) if b.rpeak == s.ecg.cine_rpeak)
+        again = simulate_subject(i, 23, FAST, with_cine=True, beat=shown)
+        np.testing.assert_array_equal(again.cine.frames, s.cine.frames)
+        other = simulate_subject(i, 23, FAST, with_cine=True, beat=(shown + 1) % 3)
+        np.testing.assert_array_equal(other.ecg.signal, s.ecg.signal)
+        assert other.physiology == s.physiology and other.cine.spacing_mm == s.cine.spacing_mm
+        b = beats[(shown + 1) % 3]
+        assert (other.ecg.cine_rpeak, other.ecg.cine_t_end_s) == (b.rpeak, b.t_end_s)
+        area = (other.cine.masks == 1).sum(axis=(1, 2))
+        assert abs(int(area.argmin()) * other.cine.frame_interval_s - b.t_end_s) < 0.1
+        moved += b.rpeak != s.ecg.cine_rpeak and not np.array_equal(other.cine.masks, s.cine.masks)
+    assert moved >= 6
+
 def test_lv_mass_drives_qrs_voltage_on_the_written_file(tmp_path: Path) -> None:
     lvm, voltage = [], []
     for i in range(60):

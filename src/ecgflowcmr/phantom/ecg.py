@@ -10,7 +10,7 @@ them exactly, as a real one does. Output in mV at ``cfg.ecg_fs``; R-peak sample 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -56,6 +56,17 @@ class Lobes:
         return self.direction.T @ g
 
 
+@dataclass(frozen=True)
+class BeatTiming:
+    """One beat of the record as a cine would show it: its R-peak and its events relative to it (s)."""
+
+    rpeak: int
+    rr_s: float
+    t_end_s: float
+    atrial_s: float
+    next_qrs_s: float
+
+
 @dataclass
 class ECGResult:
     """A simulated record and the timing the cine is tied to."""
@@ -80,6 +91,18 @@ class ECGResult:
     """Onset of the next P wave, relative to the R-peak (s): the atrial kick follows it."""
     cine_next_qrs_s: float
     """Onset of the next QRS, relative to the R-peak (s)."""
+    candidate_beats: tuple[BeatTiming, ...] = ()
+    """The beats the cine was drawn from, each equally likely (the record's middle one and its neighbours;
+    the cine shows the one at ``cine_rpeak``): which one a cine shows is not in the ECG."""
+
+    def on_beat(self, beat: BeatTiming) -> ECGResult:
+        """The same record with the cine tied to ``beat`` instead (one of ``candidate_beats``)."""
+        return replace(self, **_cine_fields(beat))
+
+
+def _cine_fields(beat: BeatTiming) -> dict[str, int | float]:
+    """``beat`` as ECGResult's ``cine_*`` fields."""
+    return {f"cine_{name}": value for name, value in asdict(beat).items()}
 
 
 def _dir(frontal_deg: float, posterior: float) -> np.ndarray:
@@ -187,11 +210,20 @@ def simulate_ecg(p: Physiology, rng: np.random.Generator, cfg: PhantomConfig) ->
 
     rpeaks = q_onsets + r_off
     inside = (rpeaks >= 0) & (rpeaks < n)
-    # The cine's beat: one that starts at an R-peak and whose next P and QRS are inside the record.
+    # The cine's beat: the middle one of those that start at an R-peak and whose next P and QRS are inside the
+    # record, or either neighbour (a cine is acquired apart from the ECG: which beat it shows is not in the ECG).
     candidates = [k for k in range(len(q_onsets) - 2) if inside[k] and q_onsets[k + 1] + r_off < n - 1]
-    k = int(candidates[int(np.clip(len(candidates) // 2 + rng.integers(-1, 2), 0, len(candidates) - 1))])
-    r0 = int(rpeaks[k])
-    rr_s = (rpeaks[k + 1] - r0) / fs
+
+    def timing(k: int) -> BeatTiming:
+        r0 = int(rpeaks[k])
+        return BeatTiming(rpeak=r0, rr_s=float((rpeaks[k + 1] - r0) / fs),
+                          t_end_s=float((q_onsets[k] - r0) / fs + qts[k]),
+                          atrial_s=float((q_onsets[k + 1] - r0) / fs - p.pr_ms / 1000),
+                          next_qrs_s=float((q_onsets[k + 1] - r0) / fs))
+
+    beats = tuple(timing(candidates[int(np.clip(len(candidates) // 2 + d, 0, len(candidates) - 1))])
+                  for d in (-1, 0, 1))
+    shown = beats[int(rng.integers(0, 3))]
     in_record = rpeaks[inside]
     return ECGResult(
         signal=signal,
@@ -199,11 +231,8 @@ def simulate_ecg(p: Physiology, rng: np.random.Generator, cfg: PhantomConfig) ->
         heart_rate_bpm=float(60.0 * fs / np.mean(np.diff(in_record))),
         qt_ms=float(1000 * np.mean([qt for qt, i in zip(qts, inside) if i])),
         sokolow_lyon_mv=float(s_v1 + r_v56),
-        cine_rpeak=r0,
-        cine_rr_s=float(rr_s),
-        cine_t_end_s=float((q_onsets[k] - r0) / fs + qts[k]),
-        cine_atrial_s=float((q_onsets[k + 1] - r0) / fs - p.pr_ms / 1000),
-        cine_next_qrs_s=float((q_onsets[k + 1] - r0) / fs),
+        candidate_beats=beats,
+        **_cine_fields(shown),
     )
 
 

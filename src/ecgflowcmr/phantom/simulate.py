@@ -13,7 +13,10 @@ Manifest columns: subject_id, split (train/val/test/ecg_only), ecg_path, cmr_pat
 ecg_only), the phenotypes of ``_phenotypes`` (unit in each name; ``sex`` is M/F), diagnosis (normal, hcm,
 dcm, rcm, mi), mi_territory (lad/lcx/rca or empty), cad, cm, hf (0/1), heart_rate_bpm (60 / mean R-R of
 the record), rpeak_samples (the true R-peaks, space-separated sample indices) and cine_rpeak_sample (the
-R-peak at which the cine's beat starts; empty for ecg_only).
+R-peak at which the cine's beat starts; empty for ecg_only). That beat is the record's middle one or either
+neighbour, drawn: a cine is acquired apart from its ECG, so which beat it shows — and with it where its
+end-systole falls, ±1.3 frames between the three — is not in the ECG (``benchmarks/es_floor.py`` measures
+what that leaves to a perfect generator).
 """
 
 from __future__ import annotations
@@ -61,13 +64,20 @@ SUBJECT_FILE = re.compile(r"(PH\d{6})(_mask)?\.(hea|dat|nii\.gz)")
 """The names ``write_subject`` gives its files: the only files ``remove_stale`` may delete."""
 
 
-def simulate_subject(index: int, seed: int, cfg: PhantomConfig, with_cine: bool | None = None) -> Subject:
-    """Simulate subject ``index`` of the cohort ``seed`` (no I/O). ``with_cine`` None → by its split."""
+def simulate_subject(index: int, seed: int, cfg: PhantomConfig, with_cine: bool | None = None,
+                     beat: int | None = None) -> Subject:
+    """Simulate subject ``index`` of the cohort ``seed`` (no I/O). ``with_cine`` None → by its split.
+
+    ``beat`` (an index into ``ecg.candidate_beats``) shows the cine on that beat instead of the drawn one:
+    the same subject, record and image noise, another equally likely cine (``benchmarks/es_floor.py``).
+    """
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence([seed, index]).spawn(5)]
     rng_split, rng_body, rng_ecg, rng_shape, rng_image = streams
     split = draw_split(rng_split, cfg)
     phys = draw_physiology(rng_body, cfg)
     ecg = simulate_ecg(phys, rng_ecg, cfg)
+    if beat is not None:
+        ecg = ecg.on_beat(ecg.candidate_beats[beat])
     # The heart's shape has its own seed: ecg_only subjects get the phenotypes a cine would show.
     shape_seed = int(rng_shape.integers(2**63))
     geo = heart_geometry(phys, np.array([1.0, 0.0]), np.random.default_rng(shape_seed))
