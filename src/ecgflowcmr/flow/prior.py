@@ -126,9 +126,11 @@ class LinearPrior(nn.Module):
 
     def align(self, z: Tensor) -> Tensor:
         """Aligned: latents z (B, C, T, H', W') warped in time so that their own end-systole sits on E."""
-        frames = self.latent_shape[1]
-        es = latent_end_systole(z).clamp(1, frames - 2).to(z.device)
-        return warp_time(z, es, self.es_mean.expand(len(z)))
+        return warp_time(z, self.own_end_systole(z).to(z.device), self.es_mean.expand(len(z)))
+
+    def own_end_systole(self, z: Tensor) -> Tensor:
+        """Latents z (B, C, T, H', W') → (B,) float64: their own end-systole, kept within [1, T − 2] as ê is."""
+        return latent_end_systole(z).clamp(1, self.latent_shape[1] - 2)
 
     def place(self, z: Tensor, c: Tensor) -> Tensor:
         """Aligned: z (B, C, T, H', W') in aligned time moved onto the end-systolic frame ê(c) the ECG predicts."""
@@ -161,9 +163,8 @@ class LinearPrior(nn.Module):
         if self.align_phase:
             if template is None:
                 raise ValueError("aligning the prior's phase needs the template")
-            frames = self.latent_shape[1]
             z1 = target + template.double()
-            es = latent_end_systole(z1).clamp(1, frames - 2)  # (n,)
+            es = self.own_end_systole(z1)  # (n,)
             self.es_mean.fill_(float(es.mean()))
             chunks = [slice(i, i + WARP_CHUNK) for i in range(0, n, WARP_CHUNK)]  # bound the warp's memory
             target = torch.cat([warp_time(z1[k], es[k], self.es_mean.expand(len(es[k]))) for k in chunks])  # as align
