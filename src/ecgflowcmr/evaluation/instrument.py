@@ -311,16 +311,7 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
     measures["constant"] = {m: np.full(n, read_real_train.measures[m].mean()) for m in MEASURES}
     measures["ecg_ceiling"] = {m: ridge_predict(feats_train, read_real_train.measures[m], feats_test)
                                for m in MEASURES}
-    agreement_section: dict[str, Any] = {}
-    subsampled = "" if nb == n else (f"; shuffled_ecg and vae_reconstruction over the first {nb} of them only "
-                                     f"(--max-baseline {max_baseline})")
-    for m, definition in MEASURES.items():
-        agreement_section[m] = {src: agreement(measures[src][m], real_m[m][:len(measures[src][m])])
-                                for src in SOURCES}
-        agreement_section[m]["definition"] = (
-            f"{definition}; agreement with the same measure on the subject's own real cine over N = {n} "
-            f"{test_split} subjects{subsampled}: Spearman ρ (null: a constant), R² = 1 − Σ(g − r)²/Σ(r − r̄)² "
-            f"(no refit), MAE in the measure's unit")
+    agreement_section = _agreement_section(measures, n, nb, test_split, max_baseline)
     lap("agreement_s")
 
     timing = timing_metrics({"real": contraction_curve(read["real"].areas),
@@ -331,27 +322,14 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
     read_template_each = read_template.take(np.zeros(n, dtype=int))  # the one template cine, once per subject
     realism = _realism_section(read_real_train, {**read, "template_only": read_template_each}, cines,
                                train_n=len(train.cines01))
-    realism["identification_generated"] = {
-        "value": identification(measures["generated"], real_m),
-        "definition": f"mean fraction of other test subjects' real cines farther (standardised measure space) "
-                      f"from a subject's generated cine than its own real one: 0.5 = chance; N = {n}"}
-    realism["identification_shuffled_ecg"] = {
-        "value": identification(measures["shuffled_ecg"], {m: v[:nb] for m, v in real_m.items()}),
-        "definition": f"as identification_generated, for cines generated from a shuffled ECG (floor), among the "
-                      f"first {nb} test subjects"}
+    realism.update(_identification_section(measures, n, nb))
     lap("scores_s")
 
-    seg_info: dict[str, Any] = {"weights": str(segmenter.folder or "in memory"), "sha256": segmenter.checksum,
-                                "widths": list(segmenter.config.widths)}
-    dice = _validation_dice(segmenter)
-    if dice is not None and min(dice.values()) < MIN_DICE:
-        seg_info["warning"] = (f"validation Dice {min(dice.values()):.2f} < {MIN_DICE}: the segmenter did not learn "
-                               f"the chambers; the instrument's numbers below are not trustworthy")
     metrics = {
         "definition": "the instrument (ecgflowcmr.evaluation.instrument): chamber areas from a segmenter "
                       "trained on the real cines of this cohort; four-chamber areas are proxies for the "
                       "paper's short-axis volumes",
-        "segmenter": seg_info,
+        "segmenter": _segmenter_section(segmenter),
         "subjects": {"test": n, "train": len(train.cines01), "split": test_split, "seed": seed,
                      "baseline": nb, "max_baseline": max_baseline,
                      "definition": "held-out subjects measured; training subjects behind the classifiers, "
@@ -369,6 +347,49 @@ def measure_instrument(model: Any, store: str | Path, segmenter: Segmenter, *, s
     lap("total_s")
     timings["total_s"] = sum(timings.values())
     return InstrumentResult(metrics, measures, curves, cines, _headline(metrics), timings, template)
+
+
+def _agreement_section(measures: dict[str, dict[str, np.ndarray]], n: int, nb: int, test_split: str,
+                       max_baseline: int | None) -> dict[str, Any]:
+    """Per measure, each source's agreement with the n subjects' own real cines (the sources measured on the
+    first ``nb`` subjects only are compared with those)."""
+    real_m = measures["real"]
+    subsampled = "" if nb == n else (f"; shuffled_ecg and vae_reconstruction over the first {nb} of them only "
+                                     f"(--max-baseline {max_baseline})")
+    section: dict[str, Any] = {}
+    for m, definition in MEASURES.items():
+        section[m] = {src: agreement(measures[src][m], real_m[m][:len(measures[src][m])]) for src in SOURCES}
+        section[m]["definition"] = (
+            f"{definition}; agreement with the same measure on the subject's own real cine over N = {n} "
+            f"{test_split} subjects{subsampled}: Spearman ρ (null: a constant), R² = 1 − Σ(g − r)²/Σ(r − r̄)² "
+            f"(no refit), MAE in the measure's unit")
+    return section
+
+
+def _identification_section(measures: dict[str, dict[str, np.ndarray]], n: int, nb: int) -> dict[str, Any]:
+    """How often a generated cine is nearer its own subject's real one than others' (and the shuffled floor)."""
+    real_m = measures["real"]
+    return {
+        "identification_generated": {
+            "value": identification(measures["generated"], real_m),
+            "definition": f"mean fraction of other test subjects' real cines farther (standardised measure "
+                          f"space) from a subject's generated cine than its own real one: 0.5 = chance; N = {n}"},
+        "identification_shuffled_ecg": {
+            "value": identification(measures["shuffled_ecg"], {m: v[:nb] for m, v in real_m.items()}),
+            "definition": f"as identification_generated, for cines generated from a shuffled ECG (floor), among "
+                          f"the first {nb} test subjects"},
+    }
+
+
+def _segmenter_section(segmenter: Segmenter) -> dict[str, Any]:
+    """Which segmenter read the cines, and a warning when its validation Dice says it did not learn."""
+    info: dict[str, Any] = {"weights": str(segmenter.folder or "in memory"), "sha256": segmenter.checksum,
+                            "widths": list(segmenter.config.widths)}
+    dice = _validation_dice(segmenter)
+    if dice is not None and min(dice.values()) < MIN_DICE:
+        info["warning"] = (f"validation Dice {min(dice.values()):.2f} < {MIN_DICE}: the segmenter did not learn "
+                           f"the chambers; the instrument's numbers below are not trustworthy")
+    return info
 
 
 def _validation_dice(segmenter: Segmenter) -> dict[str, float] | None:
